@@ -1,0 +1,132 @@
+// BridgeInbox: how work reaches the bridge thread from any other thread, and how the bridge is
+// woken only when it actually sleeps.
+//
+// Producers are Python threads calling call_soon_threadsafe() and native threads posting
+// completions (run_in_executor results today; resolver and reaper results later). The consumer
+// is the one thread running the loop. The queue is an intrusive Treiber stack: push is one CAS,
+// the consumer takes the whole stack with one exchange and reverses it, so each producer's items
+// come out in the order it pushed them. Because the consumer never pops single nodes there is no
+// ABA problem and no node is touched after it was handed over.
+//
+// Wake-up protocol (a flag, not a syscall per item): before blocking, the bridge stores
+// kSleeping and re-checks the inbox; a producer pushes, then reads the state and, only if it sees
+// kSleeping and wins the CAS to kNotified, writes the eventfd. Both sides use seq_cst, so either
+// the producer sees kSleeping or the bridge sees the pushed node (Dekker): no lost wake-up, and
+// at most one eventfd write per sleep however many items arrive.
+#pragma once
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+
+namespace tideloop::bridge {
+
+struct InboxNode {
+  enum class Kind : std::uint8_t { kHandle, kExecutorDone };
+  InboxNode* next = nullptr;
+  Kind kind = Kind::kHandle;
+};
+
+class BridgeInbox {
+ public:
+  // Any thread. Never blocks, never allocates.
+  void push(InboxNode* node) {
+    InboxNode* head = head_.load(std::memory_order_relaxed);
+    do {
+      node->next = head;
+    } while (!head_.compare_exchange_weak(head, node, std::memory_order_seq_cst,
+                                          std::memory_order_relaxed));
+  }
+
+  // Bridge thread only. Returns the pushed nodes oldest-first (per producer), or nullptr.
+  InboxNode* take_all() {
+    if (head_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    InboxNode* n = head_.exchange(nullptr, std::memory_order_acquire);
+    InboxNode* reversed = nullptr;
+    while (n != nullptr) {
+      InboxNode* next = n->next;
+      n->next = reversed;
+      reversed = n;
+      n = next;
+    }
+    return reversed;
+  }
+
+  bool empty_seq_cst() const { return head_.load(std::memory_order_seq_cst) == nullptr; }
+
+ private:
+  // Written by every producer (CAS) and by the consumer (exchange).
+  std::atomic<InboxNode*> head_{nullptr};
+};
+
+// The part of a loop that native threads may reference: the inbox and the wake-up eventfd. Held
+// by std::shared_ptr so a native job that outlives the Python loop object still posts into valid
+// memory (the post is then dropped by the job, see executor.cpp).
+class BridgeCore {
+ public:
+  BridgeCore() : event_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  ~BridgeCore() {
+    if (event_fd_ >= 0) ::close(event_fd_);
+  }
+  BridgeCore(const BridgeCore&) = delete;
+  BridgeCore& operator=(const BridgeCore&) = delete;
+
+  int event_fd() const { return event_fd_; }
+
+  // Any thread: enqueue, and wake the bridge if (and only if) it sleeps.
+  void post(InboxNode* node) {
+    inbox_.push(node);
+    if (state_.load(std::memory_order_seq_cst) == kSleeping) {
+      int expected = kSleeping;
+      if (state_.compare_exchange_strong(expected, kNotified, std::memory_order_seq_cst)) {
+        wake();
+      }
+    }
+  }
+
+  // Bridge thread: announce the intent to block. Returns false (and stays awake) when something
+  // was posted meanwhile, in which case the bridge must not block.
+  bool prepare_sleep() {
+    state_.store(kSleeping, std::memory_order_seq_cst);
+    if (!inbox_.empty_seq_cst()) {
+      state_.store(kAwake, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+
+  // Bridge thread, after the wait returned.
+  void finish_sleep() { state_.store(kAwake, std::memory_order_seq_cst); }
+
+  // Bridge thread: the eventfd was readable; reset it.
+  void drain_wake() {
+    std::uint64_t v;
+    while (::read(event_fd_, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+  }
+
+  InboxNode* take_all() { return inbox_.take_all(); }
+
+  // Number of eventfd writes so far (tests check that busy producers do not make one per item).
+  std::uint64_t wake_writes() const { return wake_writes_.load(std::memory_order_relaxed); }
+
+ private:
+  enum : int { kAwake = 0, kSleeping = 1, kNotified = 2 };
+
+  void wake() {
+    wake_writes_.fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t one = 1;
+    while (::write(event_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+
+  BridgeInbox inbox_;
+  std::atomic<int> state_{kAwake};  // written by the bridge (store) and producers (CAS)
+  std::atomic<std::uint64_t> wake_writes_{0};
+  const int event_fd_;
+};
+
+}  // namespace tideloop::bridge

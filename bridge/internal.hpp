@@ -1,0 +1,133 @@
+// Shared internals of the CPython extension `tideloop._tideloop` (one header, like libuv's
+// internal.h): the object layouts of Handle, TimerHandle and LoopCore, the module-wide cache of
+// interned names and asyncio callables, and the functions the files of bridge/ call on each
+// other. Nothing here is public API; the Python-facing contract is python_pkg/tideloop/*.pyi.
+//
+// Threading rule for everything in this header: a field of a Python object is touched only by a
+// thread that holds the GIL. The only state native threads touch is BridgeCore (inbox.hpp),
+// which is lock-free and owns no Python reference it could drop without the GIL.
+#pragma once
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "inbox.hpp"
+
+namespace tideloop::bridge {
+
+struct LoopObject;
+
+// A callback scheduled by call_soon/call_soon_threadsafe/add_reader: asyncio.Handle's contract
+// (cancel(), cancelled(), get_context(), _run()) in a C object recycled through a free list.
+struct HandleObject {
+  PyObject_HEAD
+  // Link used while the handle travels through BridgeInbox (call_soon_threadsafe from another
+  // thread). Only the bridge thread reads it after the inbox handed the node over.
+  InboxNode node;
+  PyObject* callback;  // NULL once cancelled (asyncio drops callback and args on cancel)
+  // vc_scratch must sit right before arg1: calling with PY_VECTORCALL_ARGUMENTS_OFFSET lets a
+  // bound-method callee borrow args[-1] instead of allocating a new argument array.
+  PyObject* vc_scratch;
+  PyObject* arg1;      // the argument when nargs == 1
+  PyObject* args;      // a tuple when nargs >= 2, else NULL
+  Py_ssize_t nargs;
+  PyObject* context;   // contextvars.Context the callback runs in
+  LoopObject* loop;    // strong reference, like asyncio.Handle._loop
+  PyObject* repr;      // repr frozen at cancel() time in debug mode (asyncio does the same)
+  PyObject* source_traceback;  // debug mode only: where the handle was created
+  PyObject* weakreflist;
+  bool cancelled;
+  bool is_timer;
+};
+
+// A callback scheduled by call_later/call_at: asyncio.TimerHandle's contract (when(),
+// ordering by `when`, hash(when)).
+struct TimerHandleObject {
+  HandleObject base;
+  double when;      // loop.time() deadline, seconds
+  bool scheduled;   // true while the handle sits in the loop's TimerHeap
+};
+
+inline HandleObject* handle_from_node(InboxNode* n) {
+  return reinterpret_cast<HandleObject*>(reinterpret_cast<char*>(n) -
+                                         offsetof(HandleObject, node));
+}
+
+extern PyTypeObject HandleType;
+extern PyTypeObject TimerHandleType;
+extern PyTypeObject LoopCoreType;
+
+// Interned names and cached callables, filled once by module init (module.cpp) and by
+// tideloop/_loop.py through _tideloop._init_helpers().
+struct ModuleState {
+  PyObject* str_context;
+  PyObject* str_loop;
+  PyObject* str_call_exception_handler;
+  PyObject* str_firstiter;
+  PyObject* str_finalizer;
+  PyObject* str_asyncgen_firstiter_hook;
+  PyObject* str_asyncgen_finalizer_hook;
+  PyObject* str_set_coroutine_origin_tracking;
+  PyObject* str_slow_callback_duration;
+  PyObject* str_handle_signal;
+  PyObject* str_warn_on_full_buffer;
+  PyObject* str_cancelled;
+  PyObject* str_set_result;
+  PyObject* str_set_exception;
+  PyObject* kwnames_context;    // ("context",)
+  PyObject* kwnames_loop;       // ("loop",)
+  PyObject* kwnames_agen_hooks; // ("firstiter", "finalizer")
+  PyObject* kwnames_wakeup;     // ("warn_on_full_buffer",)
+  PyObject* future_type;        // _asyncio.Future
+  PyObject* get_running_loop;   // _asyncio._get_running_loop
+  PyObject* set_running_loop;   // _asyncio._set_running_loop
+  PyObject* sys_get_asyncgen_hooks;
+  PyObject* sys_set_asyncgen_hooks;
+  PyObject* signal_set_wakeup_fd;
+  // Python helpers from tideloop/_loop.py (NULL until _init_helpers ran):
+  PyObject* h_callback_exception;  // (handle, exc) -> calls loop.call_exception_handler
+  PyObject* h_handle_repr;         // (handle) -> str
+  PyObject* h_extract_stack;       // () -> list, the caller's stack (debug mode)
+  PyObject* h_check_callback;      // (callback, method) -> raises TypeError (debug mode)
+  PyObject* h_log_slow_callback;   // (handle, seconds)
+};
+extern ModuleState g;
+
+// Test-visible counters (see _tideloop._debug_stats()). Native threads update them.
+struct DebugCounters;
+DebugCounters& debug_counters();
+
+// --- handle.cpp -------------------------------------------------------------------------
+int handle_types_ready();
+// Creates a handle owning new references to callback/args/context. `context` may be NULL or
+// None (then the current context is copied, as asyncio does). Returns NULL with an exception.
+HandleObject* handle_new(PyObject* callback, PyObject* const* args, Py_ssize_t nargs,
+                         PyObject* context, LoopObject* loop);
+TimerHandleObject* timer_handle_new(double when, PyObject* callback, PyObject* const* args,
+                                    Py_ssize_t nargs, PyObject* context, LoopObject* loop);
+// Runs the callback in its context. Returns 0 when the loop may go on (an ordinary exception was
+// given to the exception handler) and -1 with an exception set when it must propagate
+// (SystemExit, KeyboardInterrupt, or a failure of the exception handler itself).
+int handle_run(HandleObject* h);
+
+// --- loop.cpp ---------------------------------------------------------------------------
+int loop_type_ready();
+bool loop_debug(LoopObject* loop);
+void loop_timer_cancelled(LoopObject* loop);
+double monotonic_now();
+
+// --- executor.cpp -----------------------------------------------------------------------
+// Submits func(*args) to the native blocking pool; returns an asyncio future of `loop`.
+PyObject* executor_submit(LoopObject* loop, PyObject* func, PyObject* args);
+// Called by the bridge thread (GIL held) for an InboxNode of kind kExecutorDone.
+void executor_deliver(LoopObject* loop, InboxNode* node);
+// Drops an undelivered completion (loop closed). GIL held.
+void executor_discard(InboxNode* node);
+// Shuts the native pool down (GIL held; released while joining). Called at interpreter exit.
+void executor_shutdown_pool();
+PyObject* executor_debug_stats();
+
+}  // namespace tideloop::bridge

@@ -1,0 +1,221 @@
+// Task<T>: a lazily started C++20 coroutine. A Task does nothing until it is
+// spawned (tideloop::spawn, Runtime::spawn, Runtime::block_on) or co_awaited
+// from another task; awaiting runs it inline on the awaiting task's thread
+// through symmetric transfer, with no scheduling round trip.
+//
+//   tideloop::Task<int> answer() { co_return 42; }
+//   tideloop::Task<> main_task() { int v = co_await answer(); ... }
+//
+// Exceptions escaping a coroutine are stored and rethrown to whoever awaits or
+// joins it. Frames come from the scalable allocator (oneTBB's tbbmalloc).
+#pragma once
+
+#include <coroutine>
+#include <exception>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "tideloop/internal/task_core.hpp"
+
+namespace tideloop {
+
+template <class T = void>
+class Task;
+
+namespace internal {
+
+struct PromiseBase {
+  std::coroutine_handle<> continuation;
+  std::exception_ptr exception;
+
+  static void* operator new(std::size_t n) { return task_alloc(n); }
+  static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
+
+  std::suspend_always initial_suspend() noexcept { return {}; }
+  struct FinalAwaiter {
+    bool await_ready() noexcept { return false; }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+      auto c = h.promise().continuation;
+      return c ? c : std::noop_coroutine();
+    }
+    void await_resume() noexcept {}
+  };
+  FinalAwaiter final_suspend() noexcept { return {}; }
+  void unhandled_exception() noexcept { exception = std::current_exception(); }
+};
+
+template <class T>
+struct Promise : PromiseBase {
+  std::optional<T> value;
+  Task<T> get_return_object() noexcept;
+  template <class U = T>
+    requires std::is_convertible_v<U&&, T>
+  void return_value(U&& v) {
+    value.emplace(std::forward<U>(v));
+  }
+  T take() {
+    if (exception) std::rethrow_exception(exception);
+    return std::move(*value);
+  }
+};
+
+template <>
+struct Promise<void> : PromiseBase {
+  Task<void> get_return_object() noexcept;
+  void return_void() noexcept {}
+  void take() {
+    if (exception) std::rethrow_exception(exception);
+  }
+};
+
+}  // namespace internal
+
+template <class T>
+class [[nodiscard]] Task {
+ public:
+  using promise_type = internal::Promise<T>;
+  using value_type = T;
+  using Handle = std::coroutine_handle<promise_type>;
+
+  Task() = default;
+  explicit Task(Handle h) noexcept : h_(h) {}
+  Task(Task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+  Task& operator=(Task&& o) noexcept {
+    if (this != &o) {
+      if (h_) h_.destroy();
+      h_ = std::exchange(o.h_, {});
+    }
+    return *this;
+  }
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  ~Task() {
+    if (h_) h_.destroy();
+  }
+
+  bool valid() const noexcept { return static_cast<bool>(h_); }
+
+  // Runs the child inline on the awaiting task (symmetric transfer).
+  auto operator co_await() && noexcept {
+    struct Awaiter {
+      Handle h;
+      bool await_ready() noexcept { return false; }
+      std::coroutine_handle<> await_suspend(std::coroutine_handle<> parent) noexcept {
+        h.promise().continuation = parent;
+        return h;
+      }
+      T await_resume() { return h.promise().take(); }
+    };
+    return Awaiter{h_};
+  }
+
+  // Gives up ownership of the coroutine frame (used by spawn).
+  Handle release() noexcept { return std::exchange(h_, {}); }
+
+ private:
+  Handle h_;
+};
+
+namespace internal {
+template <class T>
+Task<T> Promise<T>::get_return_object() noexcept {
+  return Task<T>(std::coroutine_handle<Promise<T>>::from_promise(*this));
+}
+inline Task<void> Promise<void>::get_return_object() noexcept {
+  return Task<void>(std::coroutine_handle<Promise<void>>::from_promise(*this));
+}
+
+template <class X>
+struct IsTask : std::false_type {};
+template <class T>
+struct IsTask<Task<T>> : std::true_type {};
+
+// A spawned coroutine: the root frame plus the output slot.
+template <class T>
+class CoroCell final : public TaskCell<T> {
+ public:
+  CoroCell(Scheduler* s, typename Task<T>::Handle root) : TaskCell<T>(s), root_(root) {
+    this->resume_point = root;
+  }
+  static void* operator new(std::size_t n) { return task_alloc(n); }
+  static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
+
+  bool poll_future() override {
+    if (this->pending != nullptr) {
+      if (!this->pending->poll_ready(this)) return false;
+      this->pending = nullptr;
+    }
+    this->resume_point.resume();
+    if (!root_.done()) return false;
+    auto& p = root_.promise();
+    if (p.exception) {
+      this->out_.template emplace<2>(p.exception);
+    } else if constexpr (std::is_void_v<T>) {
+      this->out_.template emplace<1>();
+    } else {
+      this->out_.template emplace<1>(std::move(*p.value));
+    }
+    drop_frame();
+    return true;
+  }
+  void cancel_future() override {
+    drop_frame();
+    this->out_.template emplace<3>();
+  }
+  void destroy() override { delete this; }
+
+ private:
+  ~CoroCell() { drop_frame(); }
+  void drop_frame() noexcept {
+    this->pending = nullptr;
+    this->resume_point = {};
+    if (root_) std::exchange(root_, {}).destroy();
+  }
+  typename Task<T>::Handle root_;
+};
+
+// A spawned plain callable: runs once, to completion.
+template <class F, class T>
+class FnCell final : public TaskCell<T> {
+ public:
+  FnCell(Scheduler* s, F&& f) : TaskCell<T>(s) { new (&fn_) F(std::move(f)); }
+  static void* operator new(std::size_t n) { return task_alloc(n); }
+  static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
+
+  bool poll_future() override {
+    try {
+      if constexpr (std::is_void_v<T>) {
+        fn()();
+        this->out_.template emplace<1>();
+      } else {
+        this->out_.template emplace<1>(fn()());
+      }
+    } catch (...) {
+      this->out_.template emplace<2>(std::current_exception());
+    }
+    drop_fn();
+    return true;
+  }
+  void cancel_future() override {
+    drop_fn();
+    this->out_.template emplace<3>();
+  }
+  void destroy() override { delete this; }
+
+ private:
+  ~FnCell() { drop_fn(); }
+  F& fn() { return *std::launder(reinterpret_cast<F*>(&fn_)); }
+  void drop_fn() noexcept {
+    if (alive_) {
+      alive_ = false;
+      fn().~F();
+    }
+  }
+  alignas(F) unsigned char fn_[sizeof(F)];
+  bool alive_ = true;
+};
+
+}  // namespace internal
+}  // namespace tideloop

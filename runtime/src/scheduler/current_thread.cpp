@@ -1,0 +1,165 @@
+// The current-thread scheduler: the same tasks, driven only by the thread
+// inside block_on(). No stealing, no worker threads. Wake-ups from the driving
+// thread go to a plain deque; from other threads to an injector plus an
+// unpark of the driver.
+#include <deque>
+#include <mutex>
+
+#include "scheduler/injector.hpp"
+#include "scheduler/owned_tasks.hpp"
+#include "scheduler/parker.hpp"
+#include "tideloop/runtime.hpp"
+
+namespace tideloop::internal {
+
+std::shared_ptr<RuntimeCore> adopt_core(RuntimeCore* core);
+
+namespace {
+
+class CurrentThread;
+thread_local CurrentThread* tl_driver = nullptr;
+
+// A block_on root here: wake-ups set a flag and unpark the driver.
+class RootScheduler final : public Scheduler {
+ public:
+  explicit RootScheduler(Parker* p) : parker_(p) {}
+  void schedule(TaskHeader*) override { notify(); }
+  void yield_task(TaskHeader*) override { notify(); }
+  bool release(TaskHeader*) override { return false; }
+  bool take_notified() noexcept { return notified_.exchange(false, std::memory_order_acquire); }
+
+ private:
+  void notify() noexcept {
+    // safety: the parker belongs to the runtime, which outlives this call.
+    Parker* p = parker_;
+    notified_.store(true, std::memory_order_release);
+    p->unpark();
+  }
+  Parker* parker_;
+  std::atomic<bool> notified_{false};
+};
+
+class CurrentThread final : public RuntimeCore {
+ public:
+  explicit CurrentThread(RuntimeConfig cfg)
+      : cfg_(std::move(cfg)), owned_(reinterpret_cast<std::uintptr_t>(this)) {}
+  ~CurrentThread() override { shutdown(); }
+
+  void schedule(TaskHeader* t) override {
+    if (tl_driver == this) {
+      local_.push_back(t);
+    } else if (remote_.push(t)) {
+      parker_.unpark();
+    }
+  }
+  void yield_task(TaskHeader* t) override { schedule(t); }
+  bool release(TaskHeader* t) override { return owned_.remove(t); }
+
+  void spawn_task(TaskHeader* t) override {
+    t->counted_core = this;
+    cell_refs.fetch_add(1, std::memory_order_relaxed);
+    spawned_.fetch_add(1, std::memory_order_relaxed);
+    if (!owned_.bind(t)) {
+      reject_task(t);
+      return;
+    }
+    schedule(t);
+  }
+
+  void block_on(TaskHeader* root) override {
+    std::lock_guard<std::mutex> drive(drive_mu_);  // one driver at a time
+    RootScheduler rs(&parker_);
+    root->scheduler = &rs;
+    CurrentThread* saved_driver = tl_driver;
+    RuntimeCore* saved_rt = tl_runtime;
+    tl_driver = this;
+    tl_runtime = this;
+    bool root_ready = true;
+    std::uint32_t tick = 0;
+    for (;;) {
+      if (root_ready || rs.take_notified()) {
+        root_ready = false;
+        tl_budget = kInitialBudget;
+        run_task(root);
+        polls_.fetch_add(1, std::memory_order_relaxed);
+        if (is_complete(root)) break;
+      }
+      // A bounded batch, then look at the root again.
+      int ran = 0;
+      for (; ran < static_cast<int>(cfg_.event_interval); ++ran) {
+        ++tick;
+        TaskHeader* t = nullptr;
+        if (tick % cfg_.global_queue_interval == 0) t = remote_.pop();
+        if (!t && !local_.empty()) {
+          t = local_.front();
+          local_.pop_front();
+        }
+        if (!t) t = remote_.pop();
+        if (!t) break;
+        tl_budget = kInitialBudget;
+        run_task(t);
+        if (rs.take_notified()) {
+          root_ready = true;
+          ++ran;
+          break;
+        }
+      }
+      polls_.fetch_add(static_cast<std::uint64_t>(ran), std::memory_order_relaxed);
+      if (ran == 0 && !root_ready && local_.empty() && remote_.is_empty()) {
+        parks_.fetch_add(1, std::memory_order_relaxed);
+        parker_.park();
+      }
+    }
+    tl_driver = saved_driver;
+    tl_runtime = saved_rt;
+  }
+
+  void shutdown() override {
+    std::lock_guard<std::recursive_mutex> g(shutdown_mu_);
+    if (shutdown_started_) return;
+    shutdown_started_ = true;
+    remote_.close();
+    owned_.close_and_shutdown_all();
+    {
+      std::lock_guard<std::mutex> drive(drive_mu_);
+      while (!local_.empty()) {
+        drop_notified(local_.front());
+        local_.pop_front();
+      }
+    }
+    for (TaskHeader* t = remote_.take_all(); t != nullptr;) {
+      TaskHeader* nx = t->queue_next;
+      drop_notified(t);
+      t = nx;
+    }
+  }
+
+  RuntimeMetrics metrics() const override {
+    RuntimeMetrics m;
+    m.workers = 0;
+    m.spawned = spawned_.load(std::memory_order_relaxed);
+    m.polls = polls_.load(std::memory_order_relaxed);
+    m.parks = parks_.load(std::memory_order_relaxed);
+    m.live_tasks = const_cast<OwnedTasks&>(owned_).live();
+    return m;
+  }
+
+ private:
+  const RuntimeConfig cfg_;
+  OwnedTasks owned_;
+  Injector remote_;
+  std::deque<TaskHeader*> local_;  // driver thread only (or under drive_mu_)
+  Parker parker_;
+  std::mutex drive_mu_;
+  std::recursive_mutex shutdown_mu_;
+  bool shutdown_started_ = false;  // guarded by shutdown_mu_
+  std::atomic<std::uint64_t> spawned_{0}, polls_{0}, parks_{0};
+};
+
+}  // namespace
+
+std::shared_ptr<RuntimeCore> make_current_thread(RuntimeConfig cfg) {
+  return adopt_core(new CurrentThread(std::move(cfg)));
+}
+
+}  // namespace tideloop::internal

@@ -1,0 +1,341 @@
+// The task state machine: every transition of TaskHeader::state is here, one
+// atomic read-modify-write each. See internal/task_core.hpp for the bits and
+// who holds references.
+#include <tbb/scalable_allocator.h>
+
+#include <new>
+
+#include "scheduler/parker.hpp"
+#include "tideloop/internal/task_core.hpp"
+#include "tideloop/runtime.hpp"
+
+namespace tideloop::internal {
+
+using namespace st;
+
+namespace {
+constexpr std::uint64_t ref_count(std::uint64_t s) { return s >> 6; }
+
+// Frees a task block and releases its hold on the runtime.
+void dealloc(TaskHeader* t) noexcept;
+
+// Caller holds RUNNING and the output is stored: publish completion, hand the
+// output to the joiner or drop it, release the owner-set and running refs.
+void complete(TaskHeader* t) noexcept {
+  const std::uint64_t prev =
+      t->state.fetch_xor(kRunning | kComplete, std::memory_order_acq_rel);
+  if (!(prev & kJoinInterest)) {
+    t->drop_output();
+  } else if (prev & kJoinWaker) {
+    t->join_waker.wake_by_ref();
+    const std::uint64_t p2 = t->state.fetch_and(~kJoinWaker, std::memory_order_acq_rel);
+    // safety: the handle left while we held the waker; we drop it.
+    if (!(p2 & kJoinInterest)) t->join_waker.reset();
+  }
+  const std::uint64_t n = 1 + (t->scheduler->release(t) ? 1 : 0);
+  const std::uint64_t before = t->state.fetch_sub(n * kRefOne, std::memory_order_acq_rel);
+  if (ref_count(before) == n) dealloc(t);
+}
+
+void cancel_and_complete(TaskHeader* t) noexcept {
+  TaskHeader* saved = tl_current_task;
+  tl_current_task = t;
+  t->cancel_future();
+  tl_current_task = saved;
+  complete(t);
+}
+
+void wake_by_ref(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & (kComplete | kNotified)) return;
+    std::uint64_t next = cur | kNotified;
+    const bool submit = !(cur & kRunning);
+    if (submit) next += kRefOne;  // the new notification's reference
+    if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      if (submit) t->scheduler->schedule(t);
+      return;
+    }
+  }
+}
+
+void wake_by_val(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    std::uint64_t next;
+    enum { kNothing, kSubmit, kDrop } action;
+    if (cur & kRunning) {
+      // The runner re-queues it; our reference goes (the runner holds one).
+      next = (cur | kNotified) - kRefOne;
+      action = kNothing;
+    } else if (cur & (kComplete | kNotified)) {
+      next = cur - kRefOne;
+      action = kDrop;
+    } else {
+      next = cur | kNotified;  // our reference becomes the notification's
+      action = kSubmit;
+    }
+    if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      if (action == kSubmit) {
+        t->scheduler->schedule(t);
+      } else if (action == kDrop && ref_count(next) == 0) {
+        dealloc(t);
+      }
+      return;
+    }
+  }
+}
+
+void* waker_clone(void* d) {
+  ref_inc(static_cast<TaskHeader*>(d));
+  return d;
+}
+void waker_wake(void* d) { wake_by_val(static_cast<TaskHeader*>(d)); }
+void waker_wake_by_ref(void* d) { wake_by_ref(static_cast<TaskHeader*>(d)); }
+void waker_drop(void* d) { ref_dec(static_cast<TaskHeader*>(d)); }
+constexpr WakerVTable kTaskWakerVTable{waker_clone, waker_wake, waker_wake_by_ref, waker_drop};
+
+}  // namespace
+
+void* task_alloc(std::size_t n) {
+  void* p = scalable_malloc(n);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+void task_free(void* p, std::size_t) noexcept { scalable_free(p); }
+
+void core_cell_released(RuntimeCore* core) noexcept;
+
+namespace {
+void dealloc(TaskHeader* t) noexcept {
+  RuntimeCore* core = t->counted_core;
+  t->destroy();
+  if (core != nullptr) core_cell_released(core);
+}
+}  // namespace
+
+Waker TaskHeader::waker() {
+  ref_inc(this);
+  return Waker(this, &kTaskWakerVTable);
+}
+
+void ref_inc(TaskHeader* t) noexcept { t->state.fetch_add(kRefOne, std::memory_order_relaxed); }
+
+void ref_dec(TaskHeader* t) noexcept {
+  if (ref_count(t->state.fetch_sub(kRefOne, std::memory_order_acq_rel)) == 1) dealloc(t);
+}
+
+void notify_self(TaskHeader* t) noexcept {
+  t->state.fetch_or(kNotified, std::memory_order_release);
+}
+
+void run_task(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & kLifecycleMask) {
+      // Stale notification: the task was shut down (RUNNING taken by the
+      // canceller) or already completed. Drop the notification's reference.
+      ref_dec(t);
+      return;
+    }
+    const std::uint64_t next = (cur & ~kNotified) | kRunning;
+    if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
+      break;
+  }
+  if (cur & kCancelled) {
+    cancel_and_complete(t);
+    return;
+  }
+  TaskHeader* saved = tl_current_task;
+  tl_current_task = t;
+  const bool done = t->poll_future();
+  tl_current_task = saved;
+  if (done) {
+    complete(t);
+    return;
+  }
+  cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & kCancelled) {
+      cancel_and_complete(t);
+      return;
+    }
+    if (cur & kNotified) {
+      // Woken during its own poll: our reference becomes the new
+      // notification's; re-queue behind other work.
+      if (t->state.compare_exchange_weak(cur, cur & ~kRunning, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+        t->scheduler->yield_task(t);
+        return;
+      }
+    } else {
+      const std::uint64_t next = (cur & ~kRunning) - kRefOne;
+      if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+        if (ref_count(next) == 0) dealloc(t);
+        return;
+      }
+    }
+  }
+}
+
+void drop_notified(TaskHeader* t) noexcept { ref_dec(t); }
+
+void shutdown_task(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & kComplete) return;
+    if (cur & kRunning) {
+      // Its runner sees CANCELLED when the current poll ends.
+      if (t->state.compare_exchange_weak(cur, cur | kCancelled, std::memory_order_acq_rel,
+                                         std::memory_order_acquire))
+        return;
+      continue;
+    }
+    // Idle (maybe with a queued notification, which becomes stale): take
+    // RUNNING and cancel here. We borrow the caller's reference as the
+    // "running" one, so add one for complete() to drop.
+    if (t->state.compare_exchange_weak(cur, (cur | kRunning | kCancelled) + kRefOne,
+                                       std::memory_order_acq_rel, std::memory_order_acquire)) {
+      cancel_and_complete(t);
+      return;
+    }
+  }
+}
+
+void reject_task(TaskHeader* t) noexcept {
+  // Fresh task, not shared yet: refs = owner + notification + join handle.
+  t->state.fetch_or(kRunning | kCancelled, std::memory_order_acq_rel);
+  cancel_and_complete(t);  // drops the notification's ref (release() is false)
+  ref_dec(t);              // the owner-set ref it never got to use
+}
+
+void abort_task(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & (kComplete | kCancelled)) return;
+    std::uint64_t next = cur | kCancelled;
+    bool submit = false;
+    if (!(cur & (kRunning | kNotified))) {
+      next = (next | kNotified) + kRefOne;
+      submit = true;
+    } else if (cur & kRunning) {
+      next |= kNotified;
+    }
+    if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      if (submit) t->scheduler->schedule(t);
+      return;
+    }
+  }
+}
+
+namespace {
+// Publishes t->join_waker (already written by the handle). False: completed.
+bool set_join_waker(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & kComplete) {
+      t->join_waker.reset();
+      return false;
+    }
+    if (t->state.compare_exchange_weak(cur, cur | kJoinWaker, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
+      return true;
+  }
+}
+}  // namespace
+
+bool join_poll(TaskHeader* t, const Waker& w) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  if (cur & kComplete) return true;
+  if (cur & kJoinWaker) {
+    // safety: while JOIN_WAKER is set the runtime only reads the field.
+    if (t->join_waker.will_wake(w)) return false;
+    for (;;) {
+      if (cur & kComplete) return true;
+      if (t->state.compare_exchange_weak(cur, cur & ~kJoinWaker, std::memory_order_acq_rel,
+                                         std::memory_order_acquire))
+        break;
+    }
+  }
+  t->join_waker = w;
+  return !set_join_waker(t);
+}
+
+void join_drop(TaskHeader* t) noexcept {
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if (cur & kComplete) {
+      if (t->state.compare_exchange_weak(cur, cur & ~kJoinInterest, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+        t->drop_output();
+        if (!(cur & kJoinWaker)) t->join_waker.reset();
+        break;
+      }
+    } else if (t->state.compare_exchange_weak(cur, cur & ~(kJoinInterest | kJoinWaker),
+                                              std::memory_order_acq_rel,
+                                              std::memory_order_acquire)) {
+      t->join_waker.reset();
+      break;
+    }
+  }
+  ref_dec(t);
+}
+
+namespace {
+void* parker_clone(void* d) {
+  static_cast<SharedParker*>(d)->ref();
+  return d;
+}
+void parker_wake_by_ref(void* d) { static_cast<SharedParker*>(d)->parker.unpark(); }
+void parker_drop(void* d) { static_cast<SharedParker*>(d)->unref(); }
+void parker_wake(void* d) {
+  parker_wake_by_ref(d);
+  parker_drop(d);
+}
+constexpr WakerVTable kParkerWakerVTable{parker_clone, parker_wake, parker_wake_by_ref,
+                                         parker_drop};
+
+struct ThreadParkerSlot {
+  SharedParker* p = nullptr;
+  ~ThreadParkerSlot() {
+    if (p) p->unref();
+  }
+};
+thread_local ThreadParkerSlot tl_parker;
+}  // namespace
+
+SharedParker* current_thread_parker() {
+  if (tl_parker.p == nullptr) tl_parker.p = new SharedParker();
+  return tl_parker.p;
+}
+
+Waker thread_waker() {
+  SharedParker* p = current_thread_parker();
+  p->ref();
+  return Waker(p, &kParkerWakerVTable);
+}
+
+void join_block(TaskHeader* t) {
+  if (is_complete(t)) return;
+  if (tl_current_task != nullptr)
+    throw std::logic_error("tideloop: JoinHandle::join() called from inside a task; co_await it");
+  SharedParker* p = current_thread_parker();
+  Waker w = thread_waker();
+  while (!join_poll(t, w)) {
+    p->parker.park();
+    if (is_complete(t)) break;
+  }
+}
+
+bool coop_poll_proceed(TaskHeader* t) noexcept {
+  if (tl_budget > 0) return true;
+  notify_self(t);
+  return false;
+}
+
+}  // namespace tideloop::internal
