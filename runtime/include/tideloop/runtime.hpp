@@ -77,10 +77,6 @@ class RuntimeCore : public Scheduler {
   virtual RuntimeMetrics metrics() const = 0;
   // For Handle::current().
   std::weak_ptr<RuntimeCore> self;
-  // One reference for the owners (Runtime/Handles, together) plus one per task
-  // block spawned here: a waker may call schedule() on a task of this runtime
-  // until that task's block is freed, so the core's memory outlives them all.
-  std::atomic<std::int64_t> cell_refs{1};
 };
 
 // The runtime whose task or block_on is running on this thread.

@@ -1,17 +1,16 @@
-// Lifetime of a RuntimeCore: freed when its owners (Runtime and Handles) and
-// every task block spawned on it are gone, whichever is last.
+// Lifetime of a RuntimeCore: freed when its owners (Runtime and Handles) are
+// gone, after shutdown completed every task and no thread is still inside a
+// wake-up that could reach it (see task/wake_quiescence.hpp).
+#include "task/wake_quiescence.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
 
-void core_cell_released(RuntimeCore* core) noexcept {
-  if (core->cell_refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete core;
-}
-
 std::shared_ptr<RuntimeCore> adopt_core(RuntimeCore* core) {
   std::shared_ptr<RuntimeCore> sp(core, [](RuntimeCore* c) {
     c->shutdown();
-    core_cell_released(c);
+    wait_for_wakers_quiescent();
+    delete c;
   });
   core->self = sp;
   return sp;

@@ -56,8 +56,6 @@ class CurrentThread final : public RuntimeCore {
   bool release(TaskHeader* t) override { return owned_.remove(t); }
 
   void spawn_task(TaskHeader* t) override {
-    t->counted_core = this;
-    cell_refs.fetch_add(1, std::memory_order_relaxed);
     spawned_.fetch_add(1, std::memory_order_relaxed);
     if (!owned_.bind(t)) {
       reject_task(t);

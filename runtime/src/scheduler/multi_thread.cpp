@@ -35,7 +35,7 @@ namespace {
 // up message passing but must not let two tasks monopolise a worker.
 constexpr int kMaxLifoPollsPerTick = 3;
 // How many tasks one injector visit moves to the local queue at most.
-constexpr std::size_t kInjectorBatch = 32;
+constexpr std::size_t kInjectorBatch = kLocalQueueCapacity / 2;
 
 class MultiThread;
 
@@ -54,7 +54,7 @@ struct alignas(64) Worker {
   std::thread thread;
   // Written by the owner, read by metrics().
   std::atomic<std::uint64_t> polls{0}, steals{0}, stolen{0}, parks{0}, lifo_polls{0},
-      overflows{0}, injector_pops{0};
+      overflows{0}, injector_pops{0}, spawned{0};
 
   std::uint32_t next_rand() {
     // xorshift32: cheap, good enough to spread steal victims.
@@ -116,9 +116,11 @@ class MultiThread final : public RuntimeCore {
 
   // --- RuntimeCore ---
   void spawn_task(TaskHeader* t) override {
-    t->counted_core = this;
-    cell_refs.fetch_add(1, std::memory_order_relaxed);
-    spawned_.fetch_add(1, std::memory_order_relaxed);
+    if (Worker* w = tl_worker; w != nullptr && w->rt == this) {
+      bump(w->spawned);
+    } else {
+      spawned_.fetch_add(1, std::memory_order_relaxed);
+    }
     if (!owned_.bind(t)) {
       reject_task(t);
       return;
@@ -176,6 +178,7 @@ class MultiThread final : public RuntimeCore {
     m.unparks = unparks_.load(std::memory_order_relaxed);
     for (auto& w : workers_) {
       m.polls += w->polls.load(std::memory_order_relaxed);
+      m.spawned += w->spawned.load(std::memory_order_relaxed);
       m.steals += w->steals.load(std::memory_order_relaxed);
       m.stolen_tasks += w->stolen.load(std::memory_order_relaxed);
       m.parks += w->parks.load(std::memory_order_relaxed);
@@ -324,10 +327,10 @@ class MultiThread final : public RuntimeCore {
 
   TaskHeader* next_task(Worker* w) {
     if (w->tick % cfg_.global_queue_interval == 0) {
-      if (TaskHeader* t = injector_.pop()) {
-        bump(w->injector_pops);
-        return t;
-      }
+      // Fairness: remote work first now and then. Take a batch, not one task:
+      // with busy local tasks, one task per interval lets a remote burst
+      // trickle in at interval x (poll time).
+      if (TaskHeader* t = pop_injector_batch(w)) return t;
     }
     if (TaskHeader* t = std::exchange(w->lifo, nullptr)) return t;
     if (TaskHeader* t = w->queue.pop()) return t;
@@ -342,7 +345,7 @@ class MultiThread final : public RuntimeCore {
     std::size_t want = injector_.len() / n_ + 1;
     if (want > kInjectorBatch) want = kInjectorBatch;
     if (want > room / 2 + 1) want = room / 2 + 1;
-    TaskHeader* batch[kInjectorBatch];
+    TaskHeader* batch[kInjectorBatch + 1];
     const std::size_t got = injector_.pop_n(batch, want);
     if (got == 0) return nullptr;
     bump(w->injector_pops, got);

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "scheduler/parker.hpp"
+#include "task/wake_quiescence.hpp"
 #include "tideloop/internal/task_core.hpp"
 #include "tideloop/runtime.hpp"
 
@@ -22,6 +23,20 @@ void dealloc(TaskHeader* t) noexcept;
 // Caller holds RUNNING and the output is stored: publish completion, hand the
 // output to the joiner or drop it, release the owner-set and running refs.
 void complete(TaskHeader* t) noexcept {
+  // Leave the owner set first (we hold RUNNING, so shutdown cannot be
+  // cancelling it concurrently); its reference is released below with ours.
+  const std::uint64_t n = 1 + (t->scheduler->release(t) ? 1 : 0);
+  std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  while (!(cur & kJoinInterest)) {
+    // Detached: publish completion and drop both references in one step.
+    const std::uint64_t next = (cur ^ (kRunning | kComplete)) - n * kRefOne;
+    if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      t->drop_output();
+      if (ref_count(next) == 0) dealloc(t);
+      return;
+    }
+  }
   const std::uint64_t prev =
       t->state.fetch_xor(kRunning | kComplete, std::memory_order_acq_rel);
   if (!(prev & kJoinInterest)) {
@@ -32,7 +47,6 @@ void complete(TaskHeader* t) noexcept {
     // safety: the handle left while we held the waker; we drop it.
     if (!(p2 & kJoinInterest)) t->join_waker.reset();
   }
-  const std::uint64_t n = 1 + (t->scheduler->release(t) ? 1 : 0);
   const std::uint64_t before = t->state.fetch_sub(n * kRefOne, std::memory_order_acq_rel);
   if (ref_count(before) == n) dealloc(t);
 }
@@ -46,6 +60,7 @@ void cancel_and_complete(TaskHeader* t) noexcept {
 }
 
 void wake_by_ref(TaskHeader* t) noexcept {
+  WakeBracket bracket;
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
   for (;;) {
     if (cur & (kComplete | kNotified)) return;
@@ -61,6 +76,7 @@ void wake_by_ref(TaskHeader* t) noexcept {
 }
 
 void wake_by_val(TaskHeader* t) noexcept {
+  WakeBracket bracket;
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
   for (;;) {
     std::uint64_t next;
@@ -106,14 +122,8 @@ void* task_alloc(std::size_t n) {
 }
 void task_free(void* p, std::size_t) noexcept { scalable_free(p); }
 
-void core_cell_released(RuntimeCore* core) noexcept;
-
 namespace {
-void dealloc(TaskHeader* t) noexcept {
-  RuntimeCore* core = t->counted_core;
-  t->destroy();
-  if (core != nullptr) core_cell_released(core);
-}
+void dealloc(TaskHeader* t) noexcept { t->destroy(); }
 }  // namespace
 
 Waker TaskHeader::waker() {
@@ -214,6 +224,7 @@ void reject_task(TaskHeader* t) noexcept {
 }
 
 void abort_task(TaskHeader* t) noexcept {
+  WakeBracket bracket;
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
   for (;;) {
     if (cur & (kComplete | kCancelled)) return;
@@ -268,6 +279,14 @@ bool join_poll(TaskHeader* t, const Waker& w) noexcept {
 
 void join_drop(TaskHeader* t) noexcept {
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
+  if (!(cur & (kComplete | kJoinWaker))) {
+    // Fast path (detach of a running or queued task): give up interest and
+    // our reference in one step. Not complete, so the owner set still holds
+    // a reference and the count cannot reach zero here.
+    if (t->state.compare_exchange_strong(cur, (cur & ~kJoinInterest) - kRefOne,
+                                         std::memory_order_acq_rel, std::memory_order_acquire))
+      return;
+  }
   for (;;) {
     if (cur & kComplete) {
       if (t->state.compare_exchange_weak(cur, cur & ~kJoinInterest, std::memory_order_acq_rel,

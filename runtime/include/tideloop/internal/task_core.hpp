@@ -117,9 +117,6 @@ class TaskHeader {
   TaskHeader* owned_prev = nullptr;
   TaskHeader* owned_next = nullptr;
   std::uint64_t owner_id = 0;
-  // The runtime this task counts against (keeps its memory alive until every
-  // task block is freed); null for block_on roots.
-  RuntimeCore* counted_core = nullptr;
   // Join protocol: while JOIN_WAKER is clear the JoinHandle owns this field;
   // while it is set the runtime may read it (to wake the joiner at completion).
   Waker join_waker;

@@ -1,0 +1,93 @@
+// oneTBB peers for the runtime workloads that fit a fork-join pool:
+// spawn_many_local, spawn_many_remote_idle and chained_spawn. Same names and
+// ns_per_op counter as bench_runtime.cpp. The arena has exactly `workers`
+// threads and no slot reserved for the benchmark thread, which, like
+// Tokio's block_on thread, waits outside the pool for a completion signal.
+#include <tbb/task_arena.h>
+#include <tbb/task_group.h>
+
+#include <atomic>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using tlbench::OpTimer;
+using tlbench::Signal;
+
+constexpr int kNumSpawn = 10'000;
+
+// 10,000 task_group::run calls from inside one task; the last task signals.
+void spawn_many_local(benchmark::State& state) {
+  tbb::task_arena arena(static_cast<int>(state.range(0)), 0);
+  tbb::task_group tg;
+  Signal done(0);
+  std::atomic<int> rem{0};
+  OpTimer timer(state, kNumSpawn);
+  for (auto _ : state) {
+    timer.iteration([&] {
+      rem.store(kNumSpawn, std::memory_order_relaxed);
+      arena.enqueue([&] {
+        for (int i = 0; i < kNumSpawn; ++i) {
+          tg.run([&] {
+            if (rem.fetch_sub(1, std::memory_order_relaxed) == 1) done.release();
+          });
+        }
+      });
+      done.acquire();
+    });
+  }
+  arena.execute([&] { tg.wait(); });
+  timer.finish();
+}
+
+// 10,000 enqueues from outside the pool, then wait for all of them.
+void spawn_many_remote_idle(benchmark::State& state) {
+  tbb::task_arena arena(static_cast<int>(state.range(0)), 0);
+  Signal done(0);
+  std::atomic<int> rem{0};
+  OpTimer timer(state, kNumSpawn);
+  for (auto _ : state) {
+    timer.iteration([&] {
+      rem.store(kNumSpawn, std::memory_order_relaxed);
+      for (int i = 0; i < kNumSpawn; ++i) {
+        arena.enqueue([&] {
+          if (rem.fetch_sub(1, std::memory_order_relaxed) == 1) done.release();
+        });
+      }
+      done.acquire();
+    });
+  }
+  timer.finish();
+}
+
+void chain_link(tbb::task_group& tg, Signal& done, int n) {
+  if (n == 0) {
+    done.release();
+    return;
+  }
+  tg.run([&tg, &done, n] { chain_link(tg, done, n - 1); });
+}
+
+// A chain of 1,000 spawns, each task spawning the next.
+void chained_spawn(benchmark::State& state) {
+  constexpr int kIter = 1'000;
+  tbb::task_arena arena(static_cast<int>(state.range(0)), 0);
+  tbb::task_group tg;
+  Signal done(0);
+  OpTimer timer(state, kIter);
+  for (auto _ : state) {
+    timer.iteration([&] {
+      arena.enqueue([&] { chain_link(tg, done, kIter); });
+      done.acquire();
+    });
+  }
+  arena.execute([&] { tg.wait(); });
+  timer.finish();
+}
+
+}  // namespace
+
+TL_BENCH_WORKERS(spawn_many_local);
+TL_BENCH_WORKERS(spawn_many_remote_idle);
+TL_BENCH_WORKERS(chained_spawn);
