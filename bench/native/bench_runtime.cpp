@@ -7,6 +7,7 @@
 
 #include "bench_common.hpp"
 #include "tideloop/runtime.hpp"
+#include "tideloop/sync/oneshot.hpp"
 
 namespace {
 
@@ -126,6 +127,45 @@ void spawn_many_remote_busy2(benchmark::State& state) {
   flag.store(false);
 }
 
+Task<> pong(tideloop::oneshot::Receiver<void> rx1, tideloop::oneshot::Sender<void> tx2) {
+  co_await rx1;
+  tx2.send();
+}
+
+Task<> ping(std::atomic<int>* rem, Signal* done) {
+  auto [tx1, rx1] = tideloop::oneshot::channel<void>();
+  auto [tx2, rx2] = tideloop::oneshot::channel<void>();
+  tideloop::spawn(pong(std::move(rx1), std::move(tx2))).detach();
+  tx1.send();
+  co_await rx2;
+  if (rem->fetch_sub(1, std::memory_order_relaxed) == 1) done->release();
+}
+
+Task<> spawn_pings(std::atomic<int>* rem, Signal* done, int n) {
+  for (int i = 0; i < n; ++i) tideloop::spawn(ping(rem, done)).detach();
+  co_return;
+}
+
+// 1,000 tasks, each a oneshot ping-pong with a peer task it spawns.
+void ping_pong(benchmark::State& state) {
+  constexpr int kPings = 1'000;
+  auto rt = make_rt(state);
+  Signal done(0);
+  std::atomic<int> rem{0};
+  OpTimer timer(state, kPings);
+  for (auto _ : state) {
+    timer.iteration([&] {
+      rem.store(kPings, std::memory_order_relaxed);
+      rt.block_on([&]() -> Task<> {
+        tideloop::spawn(spawn_pings(&rem, &done, kPings)).detach();
+        done.acquire();
+        co_return;
+      });
+    });
+  }
+  timer.finish();
+}
+
 Task<> yield_many_task(Signal* done) {
   for (int i = 0; i < 1'000; ++i) co_await tideloop::yield_now();
   done->release();
@@ -179,5 +219,6 @@ TL_BENCH_WORKERS(spawn_many_local);
 TL_BENCH_WORKERS(spawn_many_remote_idle);
 TL_BENCH_WORKERS(spawn_many_remote_busy1);
 TL_BENCH_WORKERS(spawn_many_remote_busy2);
+TL_BENCH_WORKERS(ping_pong);
 TL_BENCH_WORKERS(yield_many);
 TL_BENCH_WORKERS(chained_spawn);

@@ -89,7 +89,7 @@ template <class T>
 JoinHandle<T> spawn_on(RuntimeCore* core, Task<T> task) {
   auto h = task.release();
   if (!h) throw std::invalid_argument("tideloop: spawn of an empty Task");
-  auto* cell = new CoroCell<T>(core, h);
+  auto* cell = CoroCell<T>::make(core, h);
   core->spawn_task(cell);
   return JoinHandle<T>(cell);
 }
@@ -189,7 +189,7 @@ class Runtime {
     if (!h) throw std::invalid_argument("tideloop: block_on of an empty Task");
     if (internal::tl_current_task != nullptr)
       throw std::logic_error("tideloop: block_on() called from inside a task");
-    auto* cell = new internal::CoroCell<T>(core_.get(), h);
+    auto* cell = internal::CoroCell<T>::make(core_.get(), h);
     internal::ref_dec(cell);  // a root has no owner-set reference
     JoinHandle<T> jh(cell);
     core_->block_on(cell);

@@ -11,6 +11,8 @@
 #pragma once
 
 #include <coroutine>
+#include <cstdint>
+#include <new>
 #include <exception>
 #include <optional>
 #include <type_traits>
@@ -25,12 +27,45 @@ class Task;
 
 namespace internal {
 
+template <class T>
+class CoroCell;
+
+// Coroutine frames are allocated with room in front for the task cell, so a
+// spawned coroutine costs one allocation, not two. A frame that is never
+// spawned (a child awaited inline) just leaves that room unused.
+//   [ cell space | FramePrefix | coroutine frame ... ]
+struct FramePrefix {
+  static constexpr std::uint32_t kMagic = 0x7431c0deu;
+  std::uint32_t magic;
+  std::uint32_t cell_space;
+  bool has_cell;  // the cell in front owns the block; frame delete keeps it
+  char pad[7];
+};
+static_assert(sizeof(FramePrefix) == 16);
+
+inline void* frame_alloc(std::size_t frame, std::size_t cell_space) {
+  auto* base = static_cast<char*>(task_alloc(cell_space + sizeof(FramePrefix) + frame));
+  auto* pre = reinterpret_cast<FramePrefix*>(base + cell_space);
+  pre->magic = FramePrefix::kMagic;
+  pre->cell_space = static_cast<std::uint32_t>(cell_space);
+  pre->has_cell = false;
+  return pre + 1;
+}
+inline void frame_free(void* p) noexcept {
+  auto* pre = static_cast<FramePrefix*>(p) - 1;
+  if (pre->has_cell) return;  // freed with the cell
+  task_free(reinterpret_cast<char*>(pre) - pre->cell_space, 0);
+}
+template <class T>
+constexpr std::size_t cell_space() {
+  return (sizeof(CoroCell<T>) + 15) & ~std::size_t{15};
+}
+
 struct PromiseBase {
   std::coroutine_handle<> continuation;
   std::exception_ptr exception;
 
-  static void* operator new(std::size_t n) { return task_alloc(n); }
-  static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
+  static void operator delete(void* p, std::size_t) noexcept { frame_free(p); }
 
   std::suspend_always initial_suspend() noexcept { return {}; }
   struct FinalAwaiter {
@@ -48,6 +83,7 @@ struct PromiseBase {
 
 template <class T>
 struct Promise : PromiseBase {
+  static void* operator new(std::size_t n) { return frame_alloc(n, cell_space<T>()); }
   std::optional<T> value;
   Task<T> get_return_object() noexcept;
   template <class U = T>
@@ -63,6 +99,7 @@ struct Promise : PromiseBase {
 
 template <>
 struct Promise<void> : PromiseBase {
+  static void* operator new(std::size_t n);
   Task<void> get_return_object() noexcept;
   void return_void() noexcept {}
   void take() {
@@ -132,15 +169,24 @@ struct IsTask : std::false_type {};
 template <class T>
 struct IsTask<Task<T>> : std::true_type {};
 
-// A spawned coroutine: the root frame plus the output slot.
+// A spawned coroutine: the root frame plus the output slot. Lives in the
+// space reserved in front of the root frame (see FramePrefix).
 template <class T>
 class CoroCell final : public TaskCell<T> {
  public:
-  CoroCell(Scheduler* s, typename Task<T>::Handle root) : TaskCell<T>(s), root_(root) {
-    this->resume_point = root;
+  // Places the cell in front of `root`'s frame (falls back to a separate
+  // block if the frame was not allocated by a tideloop promise).
+  static CoroCell* make(Scheduler* s, typename Task<T>::Handle root) {
+    auto* pre = static_cast<FramePrefix*>(root.address()) - 1;
+    void* mem;
+    if (pre->magic == FramePrefix::kMagic && pre->cell_space >= sizeof(CoroCell)) {
+      pre->has_cell = true;
+      mem = reinterpret_cast<char*>(pre) - pre->cell_space;
+    } else {
+      mem = task_alloc(sizeof(CoroCell));
+    }
+    return ::new (mem) CoroCell(s, root);
   }
-  static void* operator new(std::size_t n) { return task_alloc(n); }
-  static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
 
   bool poll_future() override {
     if (this->pending != nullptr) {
@@ -164,9 +210,15 @@ class CoroCell final : public TaskCell<T> {
     drop_frame();
     this->out_.template emplace<3>();
   }
-  void destroy() override { delete this; }
+  void destroy() override {
+    this->~CoroCell();
+    task_free(this, 0);  // the whole block: cell space + (dead) frame
+  }
 
  private:
+  CoroCell(Scheduler* s, typename Task<T>::Handle root) : TaskCell<T>(s), root_(root) {
+    this->resume_point = root;
+  }
   ~CoroCell() { drop_frame(); }
   void drop_frame() noexcept {
     this->pending = nullptr;
@@ -216,6 +268,10 @@ class FnCell final : public TaskCell<T> {
   alignas(F) unsigned char fn_[sizeof(F)];
   bool alive_ = true;
 };
+
+inline void* Promise<void>::operator new(std::size_t n) {
+  return frame_alloc(n, cell_space<void>());
+}
 
 }  // namespace internal
 }  // namespace tideloop

@@ -57,7 +57,7 @@ class CurrentThread final : public RuntimeCore {
 
   void spawn_task(TaskHeader* t) override {
     spawned_.fetch_add(1, std::memory_order_relaxed);
-    if (!owned_.bind(t)) {
+    if (!owned_.bind(t, 0)) {
       reject_task(t);
       return;
     }

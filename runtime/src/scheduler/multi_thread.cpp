@@ -10,6 +10,7 @@
 //    and decides whom to wake.
 #include <pthread.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,8 @@ namespace {
 // A LIFO chain longer than this yields to the run queue: the LIFO slot speeds
 // up message passing but must not let two tasks monopolise a worker.
 constexpr int kMaxLifoPollsPerTick = 3;
+// How long an idle worker watches for new work before it parks.
+constexpr std::chrono::microseconds kSpinBeforePark{50};
 // How many tasks one injector visit moves to the local queue at most.
 constexpr std::size_t kInjectorBatch = kLocalQueueCapacity / 2;
 
@@ -44,6 +47,10 @@ struct alignas(64) Worker {
   std::size_t index = 0;
   LocalQueue queue;
   TaskHeader* lifo = nullptr;  // owner only
+  // Tasks that yielded (yield_now, budget spent): held back until this worker
+  // has looked at everything else once (local queue, injector, steals), so a
+  // crowd of yielding tasks cannot starve remote work. Owner only.
+  std::vector<TaskHeader*> deferred;
   Parker parker;
   // True while this worker sleeps in the driver instead of on its futex.
   std::atomic<bool> on_driver{false};
@@ -107,7 +114,7 @@ class MultiThread final : public RuntimeCore {
   void yield_task(TaskHeader* t) override {
     Worker* w = tl_worker;
     if (w != nullptr && w->rt == this) {
-      schedule_local(w, t, /*is_yield=*/true);
+      w->deferred.push_back(t);
     } else {
       schedule_remote(t);
     }
@@ -116,12 +123,15 @@ class MultiThread final : public RuntimeCore {
 
   // --- RuntimeCore ---
   void spawn_task(TaskHeader* t) override {
+    std::size_t shard;
     if (Worker* w = tl_worker; w != nullptr && w->rt == this) {
       bump(w->spawned);
+      shard = w->index;
     } else {
       spawned_.fetch_add(1, std::memory_order_relaxed);
+      shard = OwnedTasks::kShards - 1 - (remote_shard_++ & 15);
     }
-    if (!owned_.bind(t)) {
+    if (!owned_.bind(t, shard)) {
       reject_task(t);
       return;
     }
@@ -279,6 +289,8 @@ class MultiThread final : public RuntimeCore {
     run(w);
     // Drop whatever is still queued here; shutdown() cancels the tasks.
     if (w->lifo) drop_notified(std::exchange(w->lifo, nullptr));
+    for (TaskHeader* t : w->deferred) drop_notified(t);
+    w->deferred.clear();
     while (TaskHeader* t = w->queue.pop()) drop_notified(t);
     if (cfg_.on_thread_stop) cfg_.on_thread_stop();
     tl_runtime = nullptr;
@@ -297,6 +309,11 @@ class MultiThread final : public RuntimeCore {
         run_task_on(w, t);
         continue;
       }
+      if (!w->deferred.empty()) {
+        requeue_deferred(w);
+        continue;
+      }
+      if (spin_for_work(w)) continue;
       park(w);
     }
   }
@@ -372,6 +389,34 @@ class MultiThread final : public RuntimeCore {
     return pop_injector_batch(w);
   }
 
+  void requeue_deferred(Worker* w) {
+    for (TaskHeader* t : w->deferred) push_back(w, t);
+    w->deferred.clear();
+    if (w->queue.len() > 1) notify_parked();
+  }
+
+  // Before sleeping, watch for work a little while: on these VMs a futex
+  // sleep + wake-up round trip costs tens of microseconds, far more than a
+  // burst gap, and a spinning searcher also spares the pusher a wake-up
+  // (Idle skips waking sleepers while someone searches). Bounded in time so
+  // an idle runtime goes quiet quickly.
+  bool spin_for_work(Worker* w) {
+    const auto deadline = std::chrono::steady_clock::now() + kSpinBeforePark;
+    for (int i = 0;; ++i) {
+      for (int k = 0; k < 32; ++k) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+      if (injector_.is_closed()) return true;
+      if (!injector_.is_empty()) return true;
+      for (auto& other : workers_) {
+        if (other.get() != w && other->queue.len() > 1) return true;
+      }
+      if ((i & 7) == 7 && std::chrono::steady_clock::now() >= deadline) return false;
+    }
+  }
+
   void transition_from_searching(Worker* w) {
     if (!w->is_searching) return;
     w->is_searching = false;
@@ -410,6 +455,8 @@ class MultiThread final : public RuntimeCore {
   std::mutex driver_mu_;  // held by the worker inside driver_->park()
   std::atomic<std::uint64_t> spawned_{0};
   std::atomic<std::uint64_t> unparks_{0};
+  // Spreads remote spawns over a few shards (racy increments are fine).
+  std::size_t remote_shard_ = 0;
   bool shutdown_started_ = false;  // guarded by shutdown_mu_
   std::recursive_mutex shutdown_mu_;
 };

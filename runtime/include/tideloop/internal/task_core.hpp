@@ -116,7 +116,8 @@ class TaskHeader {
   // Links in the owner set (OwnedTasks); guarded by that set's shard lock.
   TaskHeader* owned_prev = nullptr;
   TaskHeader* owned_next = nullptr;
-  std::uint64_t owner_id = 0;
+  std::uint64_t owner_id = 0;   // non-zero while in the set (guarded by its lock)
+  std::uint32_t owner_shard = 0;  // set once at bind, before the task is shared
   // Join protocol: while JOIN_WAKER is clear the JoinHandle owns this field;
   // while it is set the runtime may read it (to wake the joiner at completion).
   Waker join_waker;
