@@ -139,6 +139,19 @@ def to_ns(value, unit):
     return value * {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}.get(unit, 1)
 
 
+def describe_exit(rc, err):
+    if rc is not None and rc < 0:
+        try:
+            import signal
+            what = f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            what = f"killed by signal {-rc}"
+    else:
+        what = f"exit status {rc}"
+    t = tail(err)
+    return f"{what}: {t}" if t else what
+
+
 def tail(text, lines=6):
     text = (text or "").strip().splitlines()
     return " | ".join(text[-lines:])
@@ -180,7 +193,7 @@ class GBenchPeer(Peer):
         self.key = key
         self.path = path
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            self.note = f"{PEER_TITLE[key]}: {os.path.relpath(path, REPO)} not built; column skipped"
+            self.note = f"{PEER_TITLE[key]}: {display_path(path)} not built; column skipped"
             return
         rc, out, err, timed_out = run_process([path, "--benchmark_list_tests=true"], 60)
         if rc != 0 or timed_out:
@@ -225,14 +238,14 @@ class GBenchPeer(Peer):
                 pass
             if rc != 0 or doc is None:
                 self.fatal = True
-                return Result(ERROR, message=f"exit status {rc}: {tail(err)}")
+                return Result(ERROR, message=describe_exit(rc, err))
             self.context = self.context or doc.get("context", {})
             res = results_from_gbench_json(doc).get(name)
             if res is None:
                 self.fatal = True
                 return Result(ERROR, message=f"{name} missing from the JSON output")
-            if res.status == ERROR:
-                self.fatal = True
+            # A case that reports an error itself (SkipWithError, e.g. "not implemented yet") is a
+            # finding shown as ERR, not a broken run; crashes and hangs above are.
             return res
 
 
@@ -249,7 +262,7 @@ class TokioPeer(Peer):
         if opts.tokio_bin:
             self.binary = opts.tokio_bin
         elif cargo is None:
-            self.note = "Tokio: cargo not found (looked in PATH, ~/.cargo/bin, /root/.cargo/bin); column skipped"
+            self.note = "Tokio: cargo not found (looked in ~/.cargo/bin, /root/.cargo/bin, PATH); column skipped"
             return
         elif not registry:
             self.note = (f"Tokio: no {DEBIAN_CARGO_REGISTRY}/tokio-1.* (apt-get install librust-tokio-dev); "
@@ -321,7 +334,7 @@ class TokioPeer(Peer):
                 doc = None
             if rc != 0 or doc is None:
                 self.fatal = True
-                return Result(ERROR, message=f"exit status {rc}: {tail(err)}")
+                return Result(ERROR, message=describe_exit(rc, err))
             self.context = self.context or doc.get("context", {})
             res = results_from_gbench_json(doc).get(name)
             if res is None:
@@ -352,8 +365,14 @@ class JsonPeer(Peer):
         return self.results[(workload, workers)]
 
 
+def display_path(path):
+    rel = os.path.relpath(path, REPO)
+    return path if rel.startswith("..") else rel
+
+
 def find_cargo():
-    for c in (shutil.which("cargo"), os.path.expanduser("~/.cargo/bin/cargo"), "/root/.cargo/bin/cargo"):
+    # rustup's cargo first: the peer needs rustc >= 1.82, newer than Debian 12's own rustc.
+    for c in (os.path.expanduser("~/.cargo/bin/cargo"), "/root/.cargo/bin/cargo", shutil.which("cargo")):
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     return None
@@ -378,7 +397,7 @@ def fmt_ns(res):
     return f"{v:.2f}"
 
 
-def ratio(ours, theirs, target):
+def ratio(ours, theirs, target, peer_title):
     """(cell text, ratio or None, target met: True/False/None)."""
     if ours is None or theirs is None or MISSING in (ours.status, theirs.status):
         return "—", None, None
@@ -389,7 +408,7 @@ def ratio(ours, theirs, target):
     if ours.status == DNF:
         return "✗ (tideloop DNF)", None, False
     if theirs.status == DNF:
-        return "✓ (peer DNF)", None, True
+        return f"✓ ({peer_title} DNF)", None, True
     r = ours.ns_per_op / theirs.ns_per_op if theirs.ns_per_op > 0 else float("inf")
     met = r <= target
     return f"{r:.2f} {'✓' if met else '✗'}", r, met
@@ -404,8 +423,8 @@ def build_rows(results, keys):
     for (workload, workers) in keys:
         cell = results.get((workload, workers), {})
         t, k, b = cell.get("tideloop"), cell.get("tokio"), cell.get("tbb")
-        rk = ratio(t, k, TOKIO_TARGET)
-        rb = ratio(t, b, TBB_TARGET)
+        rk = ratio(t, k, TOKIO_TARGET, PEER_TITLE["tokio"])
+        rb = ratio(t, b, TBB_TARGET, PEER_TITLE["tbb"])
         rows.append({
             "workload": workload, "workers": workers,
             "cells": [workload, str(workers), fmt_ns(t), fmt_ns(k), fmt_ns(b), rk[0], rb[0]],
@@ -526,11 +545,12 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not importable; --plot skipped"
-    labels = [f"{r['workload']}/{r['workers']}" for r in rows]
     series = [("tideloop/Tokio", "ratio_tokio", TOKIO_TARGET, "tab:blue"),
               ("tideloop/oneTBB", "ratio_tbb", TBB_TARGET, "tab:orange")]
-    if not any(r[key] for r in rows for _, key, _, _ in series):
+    rows = [r for r in rows if any(r[key] for _, key, _, _ in series)]
+    if not rows:
         return "no comparable rows; --plot skipped"
+    labels = [f"{r['workload']}/{r['workers']}" for r in rows]
     width = 0.4
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows) + 2), 5))
     for i, (title, key, target, color) in enumerate(series):
@@ -661,6 +681,8 @@ def main(argv=None):
     if not steps:
         log("nothing to run: no peer binary is available for the selected workloads")
 
+    # Two cores shared with builds and test runs make every number noisy: say so in the report.
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     results = {}
     t_start = time.monotonic()
     for i, ((workload, workers), key) in enumerate(steps, 1):
@@ -685,12 +707,15 @@ def main(argv=None):
     if steps:
         log(f"done in {time.monotonic() - t_start:.0f} s")
 
+    if steps and load_before >= 0.5:
+        notes.append(f"the 1-minute load average was {load_before:.2f} when the run started: other "
+                     "processes were competing for the CPUs, so treat small differences as noise")
     if "tokio" in peers and peers["tokio"].available and any(
             w == "spawn_many_remote_busy2" for (w, _) in keys):
         notes.append("spawn_many_remote_busy2: Tokio 1.24's LIFO slot never yields to the injector while "
                      "tasks keep spawning into it (fixed upstream in later releases), so Tokio is expected "
                      f"to DNF; its iterations are bounded at {opts.dnf_timeout:g} s.")
-    if opts.scale != 1.0:
+    if opts.scale != 1.0 and any(w in ("tcp_echo", "timer_cancel") for (w, _) in keys):
         notes.append(f"heavy workloads scaled by {opts.scale:g} (tcp_echo round trips, timer_cancel count)")
     bt = cmake_build_type(opts.build)
     if bt and bt.lower() not in ("release", "relwithdebinfo"):

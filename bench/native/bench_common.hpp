@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <semaphore>
+#include <thread>
 
 namespace tlbench {
 
@@ -15,11 +16,11 @@ namespace tlbench {
 // completion signal: a futex-backed semaphore.
 using Signal = std::counting_semaphore<1 << 20>;
 
-// Busy-waits for `d` (Tokio's benches stall 10 µs this way).
+// Busy-waits for `d`, yielding the thread in the loop: exactly what Tokio's
+// benches do (`while now.elapsed() < STALL_DUR { thread::yield_now() }`).
 inline void stall(std::chrono::nanoseconds d = std::chrono::microseconds(10)) {
   const auto end = std::chrono::steady_clock::now() + d;
-  while (std::chrono::steady_clock::now() < end) {
-  }
+  while (std::chrono::steady_clock::now() < end) std::this_thread::yield();
 }
 
 // Times one iteration; call finish() after the loop.

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's first command: install what is missing, build (Release), and run
+# the benchmark comparison: native (tideloop vs Tokio vs oneTBB), then Python
+# (asyncio vs uvloop vs tideloop). Prints readable tables; writes Markdown,
+# JSON and plots under bench/results/.
+#   scripts/bench.sh            full run (~15-25 min on 2 cores)
+#   scripts/bench.sh --quick    smoke run (a few minutes)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+QUICK=()
+[[ "${1:-}" == "--quick" ]] && QUICK=(--quick)
+PY=/usr/bin/python3   # Debian's interpreter: uvloop, pybind11, matplotlib live there
+
+bash scripts/setup.sh
+echo "[bench] building (Release) ..."
+JOBS=${JOBS:-$(nproc)} bash scripts/build.sh build -DCMAKE_BUILD_TYPE=Release \
+  -DTIDELOOP_BUILD_TESTS=OFF -DTIDELOOP_BUILD_BENCH=ON -DTIDELOOP_BUILD_PYTHON=ON
+mkdir -p bench/results
+echo "[bench] native: tideloop vs Tokio vs oneTBB"
+$PY bench/compare_native.py --build build "${QUICK[@]}" \
+  --out-md bench/results/native.md --out-json bench/results/native.json \
+  --plot bench/results/native.png
+if [[ -f bench/python/run_all.py ]]; then
+  echo "[bench] python: asyncio vs uvloop vs tideloop"
+  $PY bench/python/run_all.py --build build "${QUICK[@]}" \
+    --md bench/results/python.md --json bench/results/python.json
+fi
+echo "[bench] results: bench/results/"
