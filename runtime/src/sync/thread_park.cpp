@@ -7,8 +7,12 @@
 
 namespace tideloop::internal {
 
-const void* current_thread_waker_key() noexcept { return current_thread_parker(); }
+const void* current_thread_waker_key() noexcept {
+  return current_thread_parker();
+}
 
-void park_current_thread() noexcept { current_thread_parker()->parker.park(); }
+void park_current_thread() noexcept {
+  current_thread_parker()->parker.park();
+}
 
 }  // namespace tideloop::internal

@@ -30,6 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "tideloop/internal/task_core.hpp"
+#include "tideloop/sync/internal/alloc.hpp"
 #include "tideloop/sync/internal/thread_park.hpp"
 #include "tideloop/waker.hpp"
 
@@ -68,8 +69,8 @@ template <class T>
 struct OneshotShared {
   using Stored = std::conditional_t<std::is_void_v<T>, Unit, T>;
 
-  static void* operator new(std::size_t n) { return task_alloc(n); }
-  static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
+  static void* operator new(std::size_t n) { return sync_alloc(n); }
+  static void operator delete(void* p, std::size_t n) noexcept { sync_free(p, n); }
 
   Stored* value() noexcept { return std::launder(reinterpret_cast<Stored*>(slot)); }
 
@@ -98,7 +99,7 @@ bool oneshot_register(std::atomic<std::uint32_t>& state, Waker& slot, std::uint3
   if (cur & done) return true;
   if (cur & flag) {
     if (key == new_key) return false;  // our waker is already in place
-    cur = state.fetch_and(~flag, std::memory_order_acq_rel);
+    cur = state.fetch_and(~flag, std::memory_order_acq_rel) & ~flag;
     // safety: the other half completed while the waker was published, so it
     // may be reading the slot right now; leave it for the block's destructor.
     if (cur & done) return true;
@@ -159,6 +160,7 @@ Channel<T> channel();
 template <class T>
 class Sender {
   using Shared = internal::OneshotShared<T>;
+  using Stored = typename Shared::Stored;
 
  public:
   Sender() = default;
@@ -186,19 +188,17 @@ class Sender {
   // Thread-safety: concurrent with anything on the Receiver.
   // Complexity: O(1), lock-free; see the header comment for the atomics.
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  bool send(U value) {
-    Shared* s = take_for_send();
-    ::new (static_cast<void*>(s->slot)) T(std::move(value));
-    return complete(s, true);
+  requires(!std::is_void_v<U>) bool send(std::type_identity_t<U> value) {
+    // Construct first: if T's move throws, the Sender is left untouched.
+    ::new (static_cast<void*>(checked()->slot)) T(std::move(value));
+    return complete(take(), true);
   }
   // T = void: signals the receiver.
   template <class U = T>
-    requires std::is_void_v<U>
+  requires std::is_void_v<U>
   bool send() {
-    Shared* s = take_for_send();
-    ::new (static_cast<void*>(s->slot)) internal::Unit();
-    return complete(s, true);
+    ::new (static_cast<void*>(checked()->slot)) internal::Unit();
+    return complete(take(), true);
   }
 
   // True once the receiver was dropped or closed (a send would fail), or when
@@ -251,10 +251,15 @@ class Sender {
   friend Channel<T> channel<T>();
   explicit Sender(Shared* s) noexcept : inner_(s) {}
 
-  Shared* take_for_send() {
+  // The slot is ours until complete() publishes it.
+  Shared* checked() const {
     if (inner_ == nullptr) throw std::logic_error("oneshot: send on a used or moved-from Sender");
-    // The slot is ours until complete() publishes it; a waker we published
-    // for closed() stays (the receiver may still read it until kComplete).
+    return inner_;
+  }
+  // Gives up the handle. A waker we published for closed() stays (the
+  // receiver may read it until kComplete) and is dropped with the block.
+  Shared* take() noexcept {
+    key_ = nullptr;
     return std::exchange(inner_, nullptr);
   }
 
@@ -298,6 +303,7 @@ class Sender {
   }
 
   void release() noexcept {
+    key_ = nullptr;
     if (inner_ != nullptr) complete(std::exchange(inner_, nullptr), false);
   }
 
@@ -369,15 +375,13 @@ class Receiver {
   // (Error statuses carry no message, so they never allocate.)
   // Complexity: O(1), one atomic load (+ the release of the block on success).
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  absl::StatusOr<U> try_recv() {
+  requires(!std::is_void_v<U>) absl::StatusOr<U> try_recv() {
     const absl::Status st = try_ready();
     if (!st.ok()) return st;
     return take_or_throw();
   }
   template <class U = T>
-    requires std::is_void_v<U>
-  absl::Status try_recv() {
+  requires std::is_void_v<U> absl::Status try_recv() {
     absl::Status st = try_ready();
     if (st.ok()) take_or_throw();
     return st;
@@ -389,8 +393,8 @@ class Receiver {
   // Complexity: O(1) atomics plus one futex sleep/wake.
   T blocking_recv() {
     internal::assert_not_in_task("oneshot: blocking_recv() called from inside a task; co_await it");
-    if (inner_ != nullptr &&
-        !register_waker(internal::current_thread_waker_key(), [] { return internal::thread_waker(); })) {
+    if (inner_ != nullptr && !register_waker(internal::current_thread_waker_key(),
+                                             [] { return internal::thread_waker(); })) {
       using namespace internal::oneshot_bits;
       while (!(inner_->state.load(std::memory_order_acquire) & (kComplete | kClosed)))
         internal::park_current_thread();
@@ -431,7 +435,8 @@ class Receiver {
   bool register_waker(const void* key, MakeWaker&& make) noexcept {
     using namespace internal::oneshot_bits;
     return internal::oneshot_register(inner_->state, inner_->rx_waker, kRxTaskSet,
-                                      kComplete | kClosed, key_, key, std::forward<MakeWaker>(make));
+                                      kComplete | kClosed, key_, key,
+                                      std::forward<MakeWaker>(make));
   }
   void deregister() noexcept {
     using namespace internal::oneshot_bits;
