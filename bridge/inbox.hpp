@@ -55,6 +55,13 @@ class BridgeInbox {
     return reversed;
   }
 
+  // Bridge thread only. Returns the pushed nodes newest-first, or nullptr (no reversal: the
+  // caller replays them in order from an array, touching each node once).
+  InboxNode* take_all_newest_first() {
+    if (head_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    return head_.exchange(nullptr, std::memory_order_acquire);
+  }
+
   bool empty_seq_cst() const { return head_.load(std::memory_order_seq_cst) == nullptr; }
 
  private:
@@ -109,6 +116,7 @@ class BridgeCore {
   }
 
   InboxNode* take_all() { return inbox_.take_all(); }
+  InboxNode* take_all_newest_first() { return inbox_.take_all_newest_first(); }
 
   // Number of eventfd writes so far (tests check that busy producers do not make one per item).
   std::uint64_t wake_writes() const { return wake_writes_.load(std::memory_order_relaxed); }

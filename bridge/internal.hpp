@@ -22,38 +22,39 @@ struct LoopObject;
 
 // A callback scheduled by call_soon/call_soon_threadsafe/add_reader: asyncio.Handle's contract
 // (cancel(), cancelled(), get_context(), _run()) in a C object recycled through a free list.
+// Not a GC-tracked container: see handle.cpp for why and how cycles are still collected.
 struct HandleObject {
   PyObject_HEAD
-  // Link used while the handle travels through BridgeInbox (call_soon_threadsafe from another
-  // thread). Only the bridge thread reads it after the inbox handed the node over.
-  InboxNode node;
+      // Link used while the handle travels through BridgeInbox (call_soon_threadsafe from another
+      // thread). Only the bridge thread reads it after the inbox handed the node over.
+      InboxNode node;
   PyObject* callback;  // NULL once cancelled (asyncio drops callback and args on cancel)
   // vc_scratch must sit right before arg1: calling with PY_VECTORCALL_ARGUMENTS_OFFSET lets a
   // bound-method callee borrow args[-1] instead of allocating a new argument array.
   PyObject* vc_scratch;
-  PyObject* arg1;      // the argument when nargs == 1
-  PyObject* args;      // a tuple when nargs >= 2, else NULL
+  PyObject* arg1;  // the argument when nargs == 1
+  PyObject* args;  // a tuple when nargs >= 2, else NULL
   Py_ssize_t nargs;
-  PyObject* context;   // contextvars.Context the callback runs in
-  LoopObject* loop;    // strong reference, like asyncio.Handle._loop
-  PyObject* repr;      // repr frozen at cancel() time in debug mode (asyncio does the same)
+  PyObject* context;           // contextvars.Context the callback runs in
+  LoopObject* loop;            // strong reference, like asyncio.Handle._loop
+  PyObject* repr;              // repr frozen at cancel() time in debug mode (asyncio does the same)
   PyObject* source_traceback;  // debug mode only: where the handle was created
   PyObject* weakreflist;
   bool cancelled;
   bool is_timer;
+  bool repeating;  // add_reader/add_writer handles run many times; the others run once
 };
 
 // A callback scheduled by call_later/call_at: asyncio.TimerHandle's contract (when(),
 // ordering by `when`, hash(when)).
 struct TimerHandleObject {
   HandleObject base;
-  double when;      // loop.time() deadline, seconds
-  bool scheduled;   // true while the handle sits in the loop's TimerHeap
+  double when;     // loop.time() deadline, seconds
+  bool scheduled;  // true while the handle sits in the loop's TimerHeap
 };
 
 inline HandleObject* handle_from_node(InboxNode* n) {
-  return reinterpret_cast<HandleObject*>(reinterpret_cast<char*>(n) -
-                                         offsetof(HandleObject, node));
+  return reinterpret_cast<HandleObject*>(reinterpret_cast<char*>(n) - offsetof(HandleObject, node));
 }
 
 extern PyTypeObject HandleType;
@@ -77,13 +78,13 @@ struct ModuleState {
   PyObject* str_cancelled;
   PyObject* str_set_result;
   PyObject* str_set_exception;
-  PyObject* kwnames_context;    // ("context",)
-  PyObject* kwnames_loop;       // ("loop",)
-  PyObject* kwnames_agen_hooks; // ("firstiter", "finalizer")
-  PyObject* kwnames_wakeup;     // ("warn_on_full_buffer",)
-  PyObject* future_type;        // _asyncio.Future
-  PyObject* get_running_loop;   // _asyncio._get_running_loop
-  PyObject* set_running_loop;   // _asyncio._set_running_loop
+  PyObject* kwnames_context;     // ("context",)
+  PyObject* kwnames_loop;        // ("loop",)
+  PyObject* kwnames_agen_hooks;  // ("firstiter", "finalizer")
+  PyObject* kwnames_wakeup;      // ("warn_on_full_buffer",)
+  PyObject* future_type;         // _asyncio.Future
+  PyObject* get_running_loop;    // _asyncio._get_running_loop
+  PyObject* set_running_loop;    // _asyncio._set_running_loop
   PyObject* sys_get_asyncgen_hooks;
   PyObject* sys_set_asyncgen_hooks;
   PyObject* signal_set_wakeup_fd;
@@ -112,6 +113,8 @@ TimerHandleObject* timer_handle_new(double when, PyObject* callback, PyObject* c
 // given to the exception handler) and -1 with an exception set when it must propagate
 // (SystemExit, KeyboardInterrupt, or a failure of the exception handler itself).
 int handle_run(HandleObject* h);
+// Drops callback and arguments (after a one-shot handle ran while someone else still holds it).
+void handle_release_callback(HandleObject* h);
 
 // --- loop.cpp ---------------------------------------------------------------------------
 int loop_type_ready();
@@ -129,5 +132,7 @@ void executor_discard(InboxNode* node);
 // Shuts the native pool down (GIL held; released while joining). Called at interpreter exit.
 void executor_shutdown_pool();
 PyObject* executor_debug_stats();
+void executor_debug_reset();
+PyObject* debug_probe_native_without_gil();
 
 }  // namespace tideloop::bridge

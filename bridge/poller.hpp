@@ -1,0 +1,83 @@
+// Poller: the one blocking wait of the bridge thread. An epoll set holding the wake-up eventfd,
+// the signal wakeup socket and every fd watched with add_reader/add_writer, so a timer deadline,
+// a post from another thread, a signal and fd readiness all end the same wait. The later network
+// layer (transports, servers) registers its sockets here too.
+//
+// Timeouts are nanoseconds: epoll_pwait2 keeps sub-millisecond timer deadlines exact; on kernels
+// without it we fall back to epoll_wait with the timeout rounded *up* to a millisecond (asyncio's
+// selectors do the same) so a timer never fires early.
+#pragma once
+
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+namespace tideloop::bridge {
+
+class Poller {
+ public:
+  Poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {}
+  ~Poller() { close(); }
+  Poller(const Poller&) = delete;
+  Poller& operator=(const Poller&) = delete;
+
+  bool ok() const { return epfd_ >= 0; }
+  void close() {
+    if (epfd_ >= 0) ::close(epfd_);
+    epfd_ = -1;
+  }
+
+  // Each returns 0 or an errno value.
+  int add(int fd, std::uint32_t events, std::uint64_t tag) {
+    return ctl(EPOLL_CTL_ADD, fd, events, tag);
+  }
+  int modify(int fd, std::uint32_t events, std::uint64_t tag) {
+    return ctl(EPOLL_CTL_MOD, fd, events, tag);
+  }
+  int remove(int fd) {
+    epoll_event ev{};
+    return ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, &ev) == 0 ? 0 : errno;
+  }
+
+  // Blocks up to timeout_ns (-1: forever, 0: poll). Returns the number of events, or -1 with
+  // errno set (EINTR when a signal interrupted the wait). Call without the GIL when it may block.
+  int wait(epoll_event* events, int max_events, std::int64_t timeout_ns) {
+    if (timeout_ns == 0) return ::epoll_wait(epfd_, events, max_events, 0);
+#ifdef __GLIBC__
+    if (have_pwait2_) {
+      timespec ts{};
+      timespec* tsp = nullptr;
+      if (timeout_ns > 0) {
+        ts.tv_sec = static_cast<time_t>(timeout_ns / 1000000000);
+        ts.tv_nsec = static_cast<long>(timeout_ns % 1000000000);
+        tsp = &ts;
+      }
+      int n = ::epoll_pwait2(epfd_, events, max_events, tsp, nullptr);
+      if (n >= 0 || errno != ENOSYS) return n;
+      have_pwait2_ = false;
+    }
+#endif
+    int ms = -1;
+    if (timeout_ns > 0) {
+      std::int64_t m = (timeout_ns + 999999) / 1000000;
+      ms = m > 0x7fffffff ? 0x7fffffff : static_cast<int>(m);
+    }
+    return ::epoll_wait(epfd_, events, max_events, ms);
+  }
+
+ private:
+  int ctl(int op, int fd, std::uint32_t events, std::uint64_t tag) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = tag;
+    return ::epoll_ctl(epfd_, op, fd, &ev) == 0 ? 0 : errno;
+  }
+
+  int epfd_;
+  bool have_pwait2_ = true;  // cleared on the first ENOSYS
+};
+
+}  // namespace tideloop::bridge
