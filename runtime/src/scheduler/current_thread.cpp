@@ -5,6 +5,7 @@
 #include <deque>
 #include <mutex>
 
+#include "io/event_driver.hpp"  // [time/io]
 #include "scheduler/injector.hpp"
 #include "scheduler/owned_tasks.hpp"
 #include "scheduler/parker.hpp"
@@ -22,7 +23,8 @@ thread_local CurrentThread* tl_driver = nullptr;
 // A block_on root here: wake-ups set a flag and unpark the driver.
 class RootScheduler final : public Scheduler {
  public:
-  explicit RootScheduler(Parker* p) : parker_(p) {}
+  // [time/io] With a driver the runtime sleeps in it, so wake it there.
+  RootScheduler(Parker* p, Driver* d) : parker_(p), driver_(d) {}
   void schedule(TaskHeader*) override { notify(); }
   void yield_task(TaskHeader*) override { notify(); }
   bool release(TaskHeader*) override { return false; }
@@ -32,24 +34,36 @@ class RootScheduler final : public Scheduler {
   void notify() noexcept {
     // safety: the parker belongs to the runtime, which outlives this call.
     Parker* p = parker_;
+    Driver* d = driver_;
     notified_.store(true, std::memory_order_release);
-    p->unpark();
+    if (d) {
+      d->unpark();
+    } else {
+      p->unpark();
+    }
   }
   Parker* parker_;
+  Driver* driver_;
   std::atomic<bool> notified_{false};
 };
 
 class CurrentThread final : public RuntimeCore {
  public:
   explicit CurrentThread(RuntimeConfig cfg)
-      : cfg_(std::move(cfg)), owned_(reinterpret_cast<std::uintptr_t>(this)) {}
-  ~CurrentThread() override { shutdown(); }
+      : cfg_(std::move(cfg)), owned_(reinterpret_cast<std::uintptr_t>(this)) {
+    // [time/io] timers, reactor and blocking pool (runtime/src/io/event_driver.hpp)
+    driver_ = make_event_driver(this, cfg_, 1);
+  }
+  ~CurrentThread() override {
+    shutdown();
+    remote_.drain_and_drop();  // late wake-ups, see ~MultiThread
+  }
 
   void schedule(TaskHeader* t) override {
     if (tl_driver == this) {
       local_.push_back(t);
     } else if (remote_.push(t)) {
-      parker_.unpark();
+      wake_driver();
     }
   }
   void yield_task(TaskHeader* t) override { schedule(t); }
@@ -66,7 +80,7 @@ class CurrentThread final : public RuntimeCore {
 
   void block_on(TaskHeader* root) override {
     std::lock_guard<std::mutex> drive(drive_mu_);  // one driver at a time
-    RootScheduler rs(&parker_);
+    RootScheduler rs(&parker_, driver_.get());
     root->scheduler = &rs;
     CurrentThread* saved_driver = tl_driver;
     RuntimeCore* saved_rt = tl_runtime;
@@ -105,7 +119,15 @@ class CurrentThread final : public RuntimeCore {
       polls_.fetch_add(static_cast<std::uint64_t>(ran), std::memory_order_relaxed);
       if (ran == 0 && !root_ready && local_.empty() && remote_.is_empty()) {
         parks_.fetch_add(1, std::memory_order_relaxed);
-        parker_.park();
+        // [time/io] idle: sleep in the driver (timers bound the wait)
+        if (driver_) {
+          driver_->park(std::nullopt);
+        } else {
+          parker_.park();
+        }
+      } else if (driver_ && ran == static_cast<int>(cfg_.event_interval)) {
+        // [time/io] busy: let timers and I/O progress between batches
+        driver_->park(std::chrono::nanoseconds(0));
       }
     }
     tl_driver = saved_driver;
@@ -124,12 +146,13 @@ class CurrentThread final : public RuntimeCore {
         drop_notified(local_.front());
         local_.pop_front();
       }
+      if (driver_) driver_->shutdown();  // [time/io]
+      while (!local_.empty()) {
+        drop_notified(local_.front());
+        local_.pop_front();
+      }
     }
-    for (TaskHeader* t = remote_.take_all(); t != nullptr;) {
-      TaskHeader* nx = t->queue_next;
-      drop_notified(t);
-      t = nx;
-    }
+    remote_.drain_and_drop();
   }
 
   RuntimeMetrics metrics() const override {
@@ -143,12 +166,22 @@ class CurrentThread final : public RuntimeCore {
   }
 
  private:
+  // [time/io] wakes the block_on thread wherever it sleeps
+  void wake_driver() {
+    if (driver_) {
+      driver_->unpark();
+    } else {
+      parker_.unpark();
+    }
+  }
+
   const RuntimeConfig cfg_;
   OwnedTasks owned_;
   Injector remote_;
   std::deque<TaskHeader*> local_;  // driver thread only (or under drive_mu_)
   Parker parker_;
   std::mutex drive_mu_;
+  std::unique_ptr<EventDriver> driver_;  // [time/io] set in the constructor
   std::recursive_mutex shutdown_mu_;
   bool shutdown_started_ = false;  // guarded by shutdown_mu_
   std::atomic<std::uint64_t> spawned_{0}, polls_{0}, parks_{0};

@@ -116,17 +116,13 @@ class LocalQueue {
                                        std::memory_order_release, std::memory_order_relaxed)) {
       return false;
     }
-    // Link the claimed tasks and `t` into one batch for the injector.
-    TaskHeader* first = buffer_[head & kMask].load(std::memory_order_relaxed);
-    TaskHeader* last = first;
-    for (std::uint32_t i = 1; i < kHalf; ++i) {
-      TaskHeader* x = buffer_[(head + i) & kMask].load(std::memory_order_relaxed);
-      last->queue_next = x;
-      last = x;
-    }
-    last->queue_next = t;
-    t->queue_next = nullptr;
-    inject.push_batch(first, t, kHalf + 1);
+    // The claimed tasks and `t` go to the injector as one batch of pointers
+    // (the task headers themselves are not touched).
+    TaskHeader* batch[kHalf + 1];
+    for (std::uint32_t i = 0; i < kHalf; ++i)
+      batch[i] = buffer_[(head + i) & kMask].load(std::memory_order_relaxed);
+    batch[kHalf] = t;
+    inject.push_n(batch, kHalf + 1);
     return true;
   }
 

@@ -19,6 +19,7 @@
 
 #include "scheduler/block_on.hpp"
 #include "scheduler/driver.hpp"
+#include "io/event_driver.hpp"  // [time/io]
 #include "scheduler/idle.hpp"
 #include "scheduler/injector.hpp"
 #include "scheduler/local_queue.hpp"
@@ -35,8 +36,6 @@ namespace {
 // A LIFO chain longer than this yields to the run queue: the LIFO slot speeds
 // up message passing but must not let two tasks monopolise a worker.
 constexpr int kMaxLifoPollsPerTick = 3;
-// How long an idle worker watches for new work before it parks.
-constexpr std::chrono::microseconds kSpinBeforePark{50};
 // How many tasks one injector visit moves to the local queue at most.
 constexpr std::size_t kInjectorBatch = kLocalQueueCapacity / 2;
 
@@ -57,6 +56,12 @@ struct alignas(64) Worker {
   bool is_searching = false;   // owner only
   bool parking = false;        // owner only
   std::uint32_t tick = 0;      // owner only
+  // Ticks of the last injector check / maintenance (owner only). Compared by
+  // distance, not `tick % interval == 0`: LIFO polls advance `tick` by more
+  // than one per loop turn, so a modulo test can skip zero forever (e.g. an
+  // interval of 4 against a 4-tick LIFO chain) and starve the injector.
+  std::uint32_t last_global_tick = 0;
+  std::uint32_t last_event_tick = 0;
   std::uint32_t rng = 0;       // owner only
   std::thread thread;
   // Written by the owner, read by metrics().
@@ -83,7 +88,10 @@ class MultiThread final : public RuntimeCore {
         n_(cfg_.worker_threads ? cfg_.worker_threads
                                : std::max(1u, std::thread::hardware_concurrency())),
         idle_(n_),
-        owned_(reinterpret_cast<std::uintptr_t>(this)) {}
+        owned_(reinterpret_cast<std::uintptr_t>(this)) {
+    // [time/io] timers, reactor and blocking pool (runtime/src/io/event_driver.hpp)
+    driver_ = make_event_driver(this, cfg_, n_);
+  }
 
   void start() {
     workers_.reserve(n_);
@@ -100,7 +108,12 @@ class MultiThread final : public RuntimeCore {
     }
   }
 
-  ~MultiThread() override { shutdown(); }
+  ~MultiThread() override {
+    shutdown();
+    // Pushes that raced with shutdown (late wake-ups) landed after its drain;
+    // wake quiescence has been waited for, so nothing pushes any more.
+    injector_.drain_and_drop();
+  }
 
   // --- Scheduler ---
   void schedule(TaskHeader* t) override {
@@ -129,7 +142,8 @@ class MultiThread final : public RuntimeCore {
       shard = w->index;
     } else {
       spawned_.fetch_add(1, std::memory_order_relaxed);
-      shard = OwnedTasks::kShards - 1 - (remote_shard_++ & 15);
+      shard = OwnedTasks::kShards - 1 -
+              (remote_shard_.fetch_add(1, std::memory_order_relaxed) & 15);
     }
     if (!owned_.bind(t, shard)) {
       reject_task(t);
@@ -174,11 +188,7 @@ class MultiThread final : public RuntimeCore {
     if (driver_) driver_->shutdown();
     // No worker runs now: every live task is idle and gets cancelled here.
     owned_.close_and_shutdown_all();
-    for (TaskHeader* t = injector_.take_all(); t != nullptr;) {
-      TaskHeader* nx = t->queue_next;
-      drop_notified(t);
-      t = nx;
-    }
+    injector_.drain_and_drop();
   }
 
   RuntimeMetrics metrics() const override {
@@ -252,6 +262,12 @@ class MultiThread final : public RuntimeCore {
       w->on_driver.store(false, std::memory_order_seq_cst);
       driver_mu_.unlock();
       w->parker.park_timeout(std::chrono::nanoseconds(0));  // consume a token
+      // [time/io] Tasks the driver woke (timers, I/O) were scheduled here
+      // without notifying (w->parking): move a LIFO-slot task to the queue so
+      // park() sees it, and let a sleeping worker help when there is more
+      // than one (Tokio's should_notify_others after a driver park).
+      if (TaskHeader* l = std::exchange(w->lifo, nullptr)) push_back(w, l);
+      if (w->queue.len() > 1) notify_parked();
       return;
     }
     w->parker.park();
@@ -300,7 +316,10 @@ class MultiThread final : public RuntimeCore {
   void run(Worker* w) {
     while (!injector_.is_closed()) {
       ++w->tick;
-      if (w->tick % cfg_.event_interval == 0) maintenance(w);
+      if (w->tick - w->last_event_tick >= cfg_.event_interval) {
+        w->last_event_tick = w->tick;
+        maintenance(w);
+      }
       if (TaskHeader* t = next_task(w)) {
         run_task_on(w, t);
         continue;
@@ -313,7 +332,6 @@ class MultiThread final : public RuntimeCore {
         requeue_deferred(w);
         continue;
       }
-      if (spin_for_work(w)) continue;
       park(w);
     }
   }
@@ -343,7 +361,8 @@ class MultiThread final : public RuntimeCore {
   }
 
   TaskHeader* next_task(Worker* w) {
-    if (w->tick % cfg_.global_queue_interval == 0) {
+    if (w->tick - w->last_global_tick >= cfg_.global_queue_interval) {
+      w->last_global_tick = w->tick;
       // Fairness: remote work first now and then. Take a batch, not one task:
       // with busy local tasks, one task per interval lets a remote burst
       // trickle in at interval x (poll time).
@@ -395,28 +414,6 @@ class MultiThread final : public RuntimeCore {
     if (w->queue.len() > 1) notify_parked();
   }
 
-  // Before sleeping, watch for work a little while: on these VMs a futex
-  // sleep + wake-up round trip costs tens of microseconds, far more than a
-  // burst gap, and a spinning searcher also spares the pusher a wake-up
-  // (Idle skips waking sleepers while someone searches). Bounded in time so
-  // an idle runtime goes quiet quickly.
-  bool spin_for_work(Worker* w) {
-    const auto deadline = std::chrono::steady_clock::now() + kSpinBeforePark;
-    for (int i = 0;; ++i) {
-      for (int k = 0; k < 32; ++k) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-      }
-      if (injector_.is_closed()) return true;
-      if (!injector_.is_empty()) return true;
-      for (auto& other : workers_) {
-        if (other.get() != w && other->queue.len() > 1) return true;
-      }
-      if ((i & 7) == 7 && std::chrono::steady_clock::now() >= deadline) return false;
-    }
-  }
-
   void transition_from_searching(Worker* w) {
     if (!w->is_searching) return;
     w->is_searching = false;
@@ -456,7 +453,9 @@ class MultiThread final : public RuntimeCore {
   std::atomic<std::uint64_t> spawned_{0};
   std::atomic<std::uint64_t> unparks_{0};
   // Spreads remote spawns over a few shards (racy increments are fine).
-  std::size_t remote_shard_ = 0;
+  // Spawns from outside any worker (block_on threads, foreign threads) pick
+  // an owner shard round-robin; those threads run concurrently, hence atomic.
+  std::atomic<std::uint32_t> remote_shard_{0};
   bool shutdown_started_ = false;  // guarded by shutdown_mu_
   std::recursive_mutex shutdown_mu_;
 };

@@ -110,9 +110,6 @@ class TaskHeader {
 
   std::atomic<std::uint64_t> state;
   Scheduler* scheduler;
-  // Intrusive link while queued in an injector or a current-thread queue.
-  // Owned by whoever holds the queued notification.
-  TaskHeader* queue_next = nullptr;
   // Links in the owner set (OwnedTasks); guarded by that set's shard lock.
   TaskHeader* owned_prev = nullptr;
   TaskHeader* owned_next = nullptr;
