@@ -1,5 +1,5 @@
 // Handle and TimerHandle: the objects returned by call_soon/call_later/call_at, and the unit of
-// work in the loop's ready queue and timer heap.
+// work in the loop's ready queue and timer queue.
 //
 // They follow asyncio.Handle/TimerHandle (cancel() drops callback and args, TimerHandle orders and
 // hashes by `when`, debug mode keeps a source traceback and freezes the repr at cancel time), but
@@ -86,6 +86,10 @@ void clear_fields(HandleObject* h) {
 
 void handle_dealloc(HandleObject* h) {
   if (h->weakreflist != nullptr) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(h));
+  if (h->is_timer) {
+    auto* t = reinterpret_cast<TimerHandleObject*>(h);
+    if (t->timer.index != TimerEntry::kNoIndex && h->loop != nullptr) loop_timer_forget(h->loop, t);
+  }
   clear_fields(h);
   PyTypeObject* tp = Py_TYPE(h);
   if (tp == &HandleType && g_handle_numfree < kMaxFreeHandles) {
@@ -106,10 +110,6 @@ PyObject* handle_repr(HandleObject* h) {
 PyObject* handle_cancel(HandleObject* h, PyObject*) {
   if (!h->cancelled) {
     h->cancelled = true;
-    if (h->is_timer) {
-      auto* t = reinterpret_cast<TimerHandleObject*>(h);
-      if (t->scheduled && h->loop != nullptr) loop_timer_cancelled(h->loop);
-    }
     if (h->loop != nullptr && loop_debug(h->loop)) {
       // Keep callback and arguments visible in "Executing <Handle...> took..." warnings.
       PyObject* r = handle_repr(h);
@@ -119,6 +119,11 @@ PyObject* handle_cancel(HandleObject* h, PyObject*) {
     Py_CLEAR(h->callback);
     Py_CLEAR(h->arg1);
     Py_CLEAR(h->args);
+    if (h->is_timer) {
+      // Last: the loop may drop its reference (the caller still holds one).
+      auto* t = reinterpret_cast<TimerHandleObject*>(h);
+      if (t->scheduled && h->loop != nullptr) loop_timer_cancelled(h->loop, t);
+    }
   }
   Py_RETURN_NONE;
 }
@@ -191,17 +196,17 @@ PyGetSetDef handle_getset[] = {
 // --- TimerHandle --------------------------------------------------------------------------
 
 PyObject* timer_when(TimerHandleObject* t, PyObject*) {
-  return PyFloat_FromDouble(t->when);
+  return PyFloat_FromDouble(t->timer.when);
 }
 PyObject* get_when(TimerHandleObject* t, void*) {
-  return PyFloat_FromDouble(t->when);
+  return PyFloat_FromDouble(t->timer.when);
 }
 PyObject* get_scheduled(TimerHandleObject* t, void*) {
   return PyBool_FromLong(t->scheduled);
 }
 
 Py_hash_t timer_hash(TimerHandleObject* t) {
-  PyObject* f = PyFloat_FromDouble(t->when);
+  PyObject* f = PyFloat_FromDouble(t->timer.when);
   if (f == nullptr) return -1;
   Py_hash_t hv = PyObject_Hash(f);
   Py_DECREF(f);
@@ -215,7 +220,7 @@ PyObject* timer_richcompare(PyObject* a, PyObject* b, int op) {
   auto* x = reinterpret_cast<TimerHandleObject*>(a);
   auto* y = reinterpret_cast<TimerHandleObject*>(b);
   auto equal = [&]() -> int {  // asyncio: when, callback, args and cancelled all equal
-    if (x->when != y->when || x->base.cancelled != y->base.cancelled) return 0;
+    if (x->timer.when != y->timer.when || x->base.cancelled != y->base.cancelled) return 0;
     if (a == b) return 1;
     PyObject* xa = get_args(&x->base, nullptr);
     PyObject* ya = get_args(&y->base, nullptr);
@@ -235,15 +240,15 @@ PyObject* timer_richcompare(PyObject* a, PyObject* b, int op) {
   int r;
   switch (op) {
     case Py_LT:
-      return PyBool_FromLong(x->when < y->when);
+      return PyBool_FromLong(x->timer.when < y->timer.when);
     case Py_GT:
-      return PyBool_FromLong(x->when > y->when);
+      return PyBool_FromLong(x->timer.when > y->timer.when);
     case Py_LE:
-      if (x->when < y->when) Py_RETURN_TRUE;
+      if (x->timer.when < y->timer.when) Py_RETURN_TRUE;
       r = equal();
       return r < 0 ? nullptr : PyBool_FromLong(r);
     case Py_GE:
-      if (x->when > y->when) Py_RETURN_TRUE;
+      if (x->timer.when > y->timer.when) Py_RETURN_TRUE;
       r = equal();
       return r < 0 ? nullptr : PyBool_FromLong(r);
     case Py_EQ:
@@ -334,7 +339,10 @@ TimerHandleObject* timer_handle_new(double when, PyObject* callback, PyObject* c
   }
   HandleObject* h = &t->base;
   h->is_timer = true;
-  t->when = when;
+  t->timer.when = when;
+  t->timer.where = TimerQueue::kNone;
+  t->timer.index = TimerEntry::kNoIndex;
+  t->timer.cancelled = false;
   t->scheduled = false;
   h->callback = h->arg1 = h->args = h->context = h->repr = h->source_traceback = nullptr;
   h->loop = nullptr;

@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "inbox.hpp"
+#include "timer_queue.hpp"
 
 namespace tideloop::bridge {
 
@@ -49,8 +50,8 @@ struct HandleObject {
 // ordering by `when`, hash(when)).
 struct TimerHandleObject {
   HandleObject base;
-  double when;     // loop.time() deadline, seconds
-  bool scheduled;  // true while the handle sits in the loop's TimerHeap
+  TimerEntry timer;  // timer.when: the loop.time() deadline, seconds (exactly as given)
+  bool scheduled;    // true while the loop's TimerQueue holds the handle
 };
 
 inline HandleObject* handle_from_node(InboxNode* n) {
@@ -119,8 +120,13 @@ void handle_release_callback(HandleObject* h);
 // --- loop.cpp ---------------------------------------------------------------------------
 int loop_type_ready();
 bool loop_debug(LoopObject* loop);
-void loop_timer_cancelled(LoopObject* loop);
-double monotonic_now();
+// A scheduled timer was cancelled: the loop unlinks it (O(1)) and drops its reference.
+void loop_timer_cancelled(LoopObject* loop, TimerHandleObject* t);
+// A timer handle is being deallocated: the loop forgets it (TimerQueue::forget).
+void loop_timer_forget(LoopObject* loop, TimerHandleObject* t);
+double monotonic_now();  // loop.time(): time.monotonic() (+ the test clock offset)
+std::int64_t clock_offset_ns();
+void set_clock_offset_ns(std::int64_t ns);
 
 // --- executor.cpp -----------------------------------------------------------------------
 // Submits func(*args) to the native blocking pool; returns an asyncio future of `loop`.

@@ -1,13 +1,13 @@
 // LoopCore: scheduling methods and the tick of the bridge thread.
 //
 // One tick (asyncio's _run_once, same order and the same batch rule):
-//   1. drop cancelled timers (compact the heap when more than half of it is cancelled);
-//   2. take what other threads posted to the inbox;
-//   3. if nothing is ready: release the GIL and block in the poller until the next timer
+//   1. take what other threads posted to the inbox;
+//   2. if nothing is ready: release the GIL and block in the poller until the next timer
 //      deadline, a post, a signal or fd readiness; otherwise make no syscall at all (an
 //      epoll_wait(0) only when fds are watched, like asyncio's select(0));
-//   4. move expired timers to the ready queue;
-//   5. run exactly the handles that are ready now; what they schedule runs next tick.
+//   3. move expired timers to the ready queue (TimerQueue: the runtime's timer wheel; cancelled
+//      timers left it at cancel() time, in O(1));
+//   4. run exactly the handles that are ready now; what they schedule runs next tick.
 // The GIL is held for the whole tick except the blocking wait.
 #include "loop.hpp"
 
@@ -21,8 +21,6 @@ namespace tideloop::bridge {
 namespace {
 
 // asyncio's constants (base_events.py), kept so that behaviour matches.
-constexpr std::size_t kMinScheduledTimerHandles = 100;
-constexpr double kMinCancelledTimerHandlesFraction = 0.5;
 constexpr double kMaximumSelectTimeout = 24 * 3600;
 // time.get_clock_info('monotonic').resolution on Linux: timers due within it count as expired.
 constexpr double kClockResolution = 1e-9;
@@ -128,41 +126,40 @@ int no_kwargs(const char* fname, PyObject* kwnames) {
 
 // --- timers -------------------------------------------------------------------------------
 
-void drop_cancelled_timers(LoopObject* self) {
-  LoopState& st = S(self);
-  std::size_t sched = st.timers.size();
-  if (sched > kMinScheduledTimerHandles &&
-      static_cast<double>(self->timer_cancelled_count) / static_cast<double>(sched) >
-          kMinCancelledTimerHandlesFraction) {
-    // Decref only after the heap is consistent again: a dealloc may run code that schedules.
-    std::vector<TimerHandleObject*> dropped;
-    st.timers.compact([&](TimerHandleObject* t) {
-      if (!t->base.cancelled) return false;
-      t->scheduled = false;
-      dropped.push_back(t);
-      return true;
-    });
-    self->timer_cancelled_count = 0;
-    for (auto* t : dropped) Py_DECREF(t);
-  } else {
-    while (!st.timers.empty() && st.timers.top().item->base.cancelled) {
-      TimerHandleObject* t = st.timers.pop();
-      --self->timer_cancelled_count;
-      t->scheduled = false;
-      Py_DECREF(t);
-    }
-  }
+inline TimerHandleObject* timer_of(TimerEntry* e) {
+  return reinterpret_cast<TimerHandleObject*>(reinterpret_cast<char*>(e) -
+                                              offsetof(TimerHandleObject, timer));
+}
+
+// Drops the queue's reference to a timer that left it without running (cancelled).
+void drop_timer(TimerEntry* e) {
+  TimerHandleObject* t = timer_of(e);
+  t->scheduled = false;
+  Py_DECREF(t);
 }
 
 void move_expired_timers(LoopObject* self) {
   LoopState& st = S(self);
   if (st.timers.empty()) return;
   double end_time = monotonic_now() + kClockResolution;
-  while (!st.timers.empty() && st.timers.top().when < end_time) {
-    TimerHandleObject* t = st.timers.pop();
-    t->scheduled = false;
-    st.ready.push(&t->base);  // the heap's reference moves to the ready queue
-  }
+  st.timers.collect_due(
+      end_time,
+      [&](TimerEntry* e) {
+        TimerHandleObject* t = timer_of(e);
+        t->scheduled = false;
+        st.ready.push(&t->base);  // the queue's reference moves to the ready queue
+      },
+      drop_timer);
+}
+
+// Nanoseconds until the earliest timer (-1: none), asyncio's clamp to MAXIMUM_SELECT_TIMEOUT.
+// Only before a blocking wait: kept out of the tick's hot code.
+[[gnu::noinline]] std::int64_t timer_timeout_ns(LoopState& st) {
+  if (st.timers.empty()) return -1;
+  double dt = st.timers.next_wait(monotonic_now(), drop_timer);
+  if (dt < 0) return -1;
+  if (dt > kMaximumSelectTimeout) dt = kMaximumSelectTimeout;
+  return static_cast<std::int64_t>(std::ceil(dt * 1e9));
 }
 
 // --- inbox --------------------------------------------------------------------------------
@@ -499,7 +496,6 @@ int run_handle_debug(LoopObject* self, HandleObject* h) {
 
 int loop_tick(LoopObject* self, bool* wakeup_checked) {
   LoopState& st = S(self);
-  drop_cancelled_timers(self);
   drain_inbox(self);
 
   epoll_event events[kMaxEventsPerWait];
@@ -507,13 +503,7 @@ int loop_tick(LoopObject* self, bool* wakeup_checked) {
   if (!st.ready.empty() || self->stopping) {
     if (st.watched_fds > 0) n = st.poller.wait(events, kMaxEventsPerWait, 0);
   } else {
-    std::int64_t timeout_ns = -1;
-    if (!st.timers.empty()) {
-      double dt = st.timers.top().when - monotonic_now();
-      if (dt < 0) dt = 0;
-      if (dt > kMaximumSelectTimeout) dt = kMaximumSelectTimeout;
-      timeout_ns = static_cast<std::int64_t>(std::ceil(dt * 1e9));
-    }
+    std::int64_t timeout_ns = timer_timeout_ns(st);
     if (timeout_ns != 0) {
       install_wakeup_for_run(self, wakeup_checked);
       if (st.core->prepare_sleep()) {
@@ -624,7 +614,7 @@ PyObject* schedule_timer(LoopObject* self, double when, PyObject* const* args, P
   TimerHandleObject* t = timer_handle_new(when, args[0], args + 1, nargs - 1, context, self);
   if (t == nullptr) return nullptr;
   Py_INCREF(t);
-  S(self).timers.push(when, t);
+  S(self).timers.insert(&t->timer, when);
   t->scheduled = true;
   return (PyObject*)t;
 }
@@ -776,11 +766,7 @@ PyObject* loop_run_forever(LoopObject* self, PyObject*) {
 void clear_queues(LoopObject* self) {
   LoopState& st = S(self);
   while (!st.ready.empty()) Py_DECREF(st.ready.pop());
-  st.timers.clear([](TimerHandleObject* t) {
-    t->scheduled = false;
-    Py_DECREF(t);
-  });
-  self->timer_cancelled_count = 0;
+  st.timers.clear(drop_timer);
 }
 
 void release_os_resources(LoopObject* self) {
@@ -864,7 +850,7 @@ PyObject* loop_stats(LoopObject* self, PyObject*) {
   LoopState& st = S(self);
   return Py_BuildValue("{s:n,s:n,s:L,s:n,s:L,s:K}", "ready", (Py_ssize_t)st.ready.size(),
                        "scheduled", (Py_ssize_t)st.timers.size(), "timer_cancelled_count",
-                       (long long)self->timer_cancelled_count, "watched_fds",
+                       (long long)st.timers.cancelled_pending(), "watched_fds",
                        (Py_ssize_t)st.watched_fds, "executor_in_flight",
                        (long long)st.executor_in_flight, "wake_writes",
                        (unsigned long long)(st.core ? st.core->wake_writes() : 0));
@@ -920,7 +906,6 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
     Py_DECREF(self);
     return PyErr_NoMemory();
   }
-  self->timer_cancelled_count = 0;
   self->thread_id = 0;
   self->running = self->stopping = self->closed = self->debug = self->origin_tracking = false;
   self->current_handle = self->agen_firstiter = self->agen_finalizer = nullptr;
@@ -966,9 +951,11 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
     for (std::size_t i = 0; i < st.ready.size(); ++i) {
       if ((r = visit_owned_handle(st.ready.at(i), visit, arg)) != 0) return r;
     }
-    for (std::size_t i = 0; i < st.timers.size(); ++i) {
-      if ((r = visit_owned_handle(&st.timers.at(i).item->base, visit, arg)) != 0) return r;
-    }
+    r = 0;
+    st.timers.for_each([&](TimerEntry* e) {
+      if (r == 0) r = visit_owned_handle(&timer_of(e)->base, visit, arg);
+    });
+    if (r != 0) return r;
     for (auto& w : st.fds) {
       if ((r = visit_owned_handle(w.reader, visit, arg)) != 0) return r;
       if ((r = visit_owned_handle(w.writer, visit, arg)) != 0) return r;
@@ -1052,10 +1039,24 @@ PyGetSetDef loop_getset[] = {
 
 PyTypeObject LoopCoreType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+namespace {
+// Test hook (_tideloop._debug_clock_offset): moves every loop's clock, so that tests can check
+// days-long timers without waiting for them. Always 0 outside tests. GIL-protected.
+std::int64_t g_clock_offset_ns = 0;
+}  // namespace
+
+std::int64_t clock_offset_ns() {
+  return g_clock_offset_ns;
+}
+void set_clock_offset_ns(std::int64_t ns) {
+  g_clock_offset_ns = ns;
+}
+
 double monotonic_now() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  std::int64_t ns = static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  std::int64_t ns =
+      static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec + g_clock_offset_ns;
   // Same rounding as time.monotonic() (_PyTime_AsSecondsDouble), so loop.time() == monotonic().
   if (ns % 1000000000 == 0) return static_cast<double>(ns / 1000000000);
   volatile double d = static_cast<double>(ns);
@@ -1067,8 +1068,13 @@ bool loop_debug(LoopObject* loop) {
   return loop->debug;
 }
 
-void loop_timer_cancelled(LoopObject* loop) {
-  ++loop->timer_cancelled_count;
+void loop_timer_forget(LoopObject* loop, TimerHandleObject* t) {
+  if (loop->st != nullptr) loop->st->timers.forget(&t->timer);
+}
+
+void loop_timer_cancelled(LoopObject* loop, TimerHandleObject* t) {
+  if (loop->st == nullptr) return;
+  if (loop->st->timers.cancel(&t->timer)) drop_timer(&t->timer);
 }
 
 int loop_type_ready() {

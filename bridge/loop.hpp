@@ -1,4 +1,4 @@
-// LoopCore: the C base of tideloop.Loop. It owns the ready queue, the timer heap, the poller and
+// LoopCore: the C base of tideloop.Loop. It owns the ready queue, the timer queue, the poller and
 // the inbox, runs the tick (loop.cpp), and exposes the hot asyncio methods (call_soon,
 // call_later, call_at, call_soon_threadsafe, time, create_future, run_forever...) as METH_FASTCALL
 // methods. The Python subclass (python_pkg/tideloop/_loop.py) adds the rarely-called rest.
@@ -11,7 +11,7 @@
 #include "internal.hpp"
 #include "poller.hpp"
 #include "ready_queue.hpp"
-#include "timer_heap.hpp"
+#include "timer_queue.hpp"
 
 namespace tideloop::bridge {
 
@@ -26,7 +26,6 @@ struct FdWatch {
 // with the GIL held, except `core`, which native threads reach through their own shared_ptr.
 struct LoopState {
   ReadyQueue<HandleObject> ready;
-  TimerHeap<TimerHandleObject> timers;
   std::shared_ptr<BridgeCore> core = std::make_shared<BridgeCore>();
   Poller poller;
   std::vector<FdWatch> fds;  // indexed by fd
@@ -42,11 +41,13 @@ struct LoopState {
   std::vector<InboxNode*> inbox_scratch;  // reused by every drain: no allocation per tick
   std::int64_t executor_in_flight = 0;
   PyObject* executor_idle_waiter = nullptr;  // future resolved when in-flight drops to 0
+  // call_later/call_at, on the runtime's TimerWheel. Last: the wheel's 3 KiB of slots would
+  // otherwise spread the fields above over more cache lines.
+  TimerQueue timers{monotonic_now()};
 };
 
 struct LoopObject {
   PyObject_HEAD LoopState* st;
-  std::int64_t timer_cancelled_count;
   unsigned long thread_id;  // valid while running
   bool running;
   bool stopping;

@@ -92,6 +92,13 @@ PyObject* debug_reset(PyObject*, PyObject*) {
 PyObject* probe(PyObject*, PyObject*) {
   return debug_probe_native_without_gil();
 }
+PyObject* clock_offset(PyObject*, PyObject* arg) {
+  double sec = PyFloat_AsDouble(arg);
+  if (sec == -1.0 && PyErr_Occurred()) return nullptr;
+  double old = static_cast<double>(clock_offset_ns()) / 1e9;
+  set_clock_offset_ns(static_cast<std::int64_t>(sec * 1e9));
+  return PyFloat_FromDouble(old);
+}
 PyObject* shutdown_pool(PyObject*, PyObject*) {
   executor_shutdown_pool();
   Py_RETURN_NONE;
@@ -105,6 +112,9 @@ PyMethodDef module_methods[] = {
     {"_debug_reset", debug_reset, METH_NOARGS, "Reset the _debug_stats counters."},
     {"_debug_probe_native_without_gil", probe, METH_NOARGS,
      "Test hook: run the native GIL check on a thread without the GIL (counts a violation)."},
+    {"_debug_clock_offset", clock_offset, METH_O,
+     "Test hook: shift loop.time() of every loop by this many seconds (0 restores the real "
+     "clock); returns the previous offset."},
     {"_shutdown_native_pool", shutdown_pool, METH_NOARGS,
      "Join the native executor threads (registered with atexit)."},
     {nullptr, nullptr, 0, nullptr},

@@ -1,16 +1,12 @@
-// TimerHeap: the loop's pending call_later/call_at handles, earliest deadline first.
+// TimerHeap: a binary min-heap of (when, seq, item), earliest first, FIFO among equal `when`.
 //
-// Why a binary heap here and not the runtime's hierarchical timer wheel (runtime/time/):
-//  * asyncio's deadlines are float seconds (loop.time() + delay) and its users and tests expect
-//    timers to fire in `when` order with `when()` returned exactly; a 1 ms-slot wheel reorders
-//    timers inside a slot and rounds deadlines;
-//  * equal deadlines fire in scheduling order (a sequence number breaks ties), which asyncio's
-//    heapq only approximates;
-//  * cancel is O(1) anyway: a cancelled handle stays in the heap and is skipped, and the heap is
-//    compacted when more than half of it is cancelled (asyncio's heuristic, kept so that
-//    schedule+cancel churn stays cheap).
-// The interface is small (push/top/pop/compact) so a wheel with an ordered expiry list could
-// replace it later. Only a thread holding the GIL touches it.
+// The loop's timers live in the runtime's TimerWheel (timer_queue.hpp); this heap is only the
+// TimerQueue's `due_` list: timers whose wheel tick has already been handed out but whose exact
+// float deadline is not reached yet, and deadlines that were at or behind the wheel's tick when
+// scheduled. It stays small (a few ticks' worth of timers), which is why a heap is fine here.
+// Until that change the heap held every timer (O(log n) insert, lazy cancel with asyncio's
+// compaction heuristic); bench/python numbers of both are in docs/python-api.md. Only a thread
+// holding the GIL touches it.
 #pragma once
 
 #include <cstddef>
@@ -34,8 +30,9 @@ class TimerHeap {
   const Entry& top() const { return heap_.front(); }
   const Entry& at(std::size_t i) const { return heap_[i]; }
 
-  void push(double when, T* item) {
-    heap_.push_back(Entry{when, next_seq_++, item});
+  // `seq` breaks ties between equal `when` (the caller numbers its items in scheduling order).
+  void push_with_seq(double when, std::uint64_t seq, T* item) {
+    heap_.push_back(Entry{when, seq, item});
     sift_up(heap_.size() - 1);
   }
 
@@ -99,7 +96,6 @@ class TimerHeap {
   }
 
   std::vector<Entry> heap_;
-  std::uint64_t next_seq_ = 0;
 };
 
 }  // namespace tideloop::bridge

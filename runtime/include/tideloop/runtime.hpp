@@ -59,9 +59,17 @@ struct RuntimeConfig {
   // Every this many polls a worker polls timers/I/O without blocking.
   std::uint32_t event_interval = 61;
   bool lifo_slot = true;
+  // [time/io] Timers (tideloop/time.hpp) and the I/O reactor (tideloop/net.hpp,
+  // io.hpp). On by default; a runtime without them cannot sleep or do I/O.
+  bool enable_time = true;
+  bool enable_io = true;
+  // [time/io] Upper bound on spawn_blocking / name-resolution threads.
+  std::size_t max_blocking_threads = 512;
 };
 
 namespace internal {
+
+class EventDriver;  // [time/io] runtime/src/io/event_driver.hpp
 
 // The scheduler side a task is spawned onto (multi-thread or current-thread).
 class RuntimeCore : public Scheduler {
@@ -77,6 +85,9 @@ class RuntimeCore : public Scheduler {
   virtual RuntimeMetrics metrics() const = 0;
   // For Handle::current().
   std::weak_ptr<RuntimeCore> self;
+  // [time/io] Timers, reactor and blocking pool of this runtime; installed by
+  // the scheduler's constructor, lives as long as the core.
+  EventDriver* event_driver = nullptr;
 };
 
 // The runtime whose task or block_on is running on this thread.
@@ -160,6 +171,10 @@ class Runtime {
     Builder& global_queue_interval(std::uint32_t n) { cfg_.global_queue_interval = n ? n : 1; return *this; }
     Builder& event_interval(std::uint32_t n) { cfg_.event_interval = n ? n : 1; return *this; }
     Builder& disable_lifo_slot() { cfg_.lifo_slot = false; return *this; }
+    // [time/io]
+    Builder& enable_time(bool on) { cfg_.enable_time = on; return *this; }
+    Builder& enable_io(bool on) { cfg_.enable_io = on; return *this; }
+    Builder& max_blocking_threads(std::size_t n) { cfg_.max_blocking_threads = n ? n : 1; return *this; }
     Runtime build() { return Runtime(cfg_); }
 
    private:
@@ -185,10 +200,11 @@ class Runtime {
   // from a task of any runtime (it would block a worker).
   template <class T>
   T block_on(Task<T> task) {
-    auto h = task.release();
-    if (!h) throw std::invalid_argument("tideloop: block_on of an empty Task");
+    // Check before taking the frame: a rejected task must still be destroyed.
     if (internal::tl_current_task != nullptr)
       throw std::logic_error("tideloop: block_on() called from inside a task");
+    auto h = task.release();
+    if (!h) throw std::invalid_argument("tideloop: block_on of an empty Task");
     auto* cell = internal::CoroCell<T>::make(core_.get(), h);
     internal::ref_dec(cell);  // a root has no owner-set reference
     JoinHandle<T> jh(cell);

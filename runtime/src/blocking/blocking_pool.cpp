@@ -1,11 +1,19 @@
 // BlockingPool: one mutex-protected FIFO and a condition variable. Blocking jobs
 // take milliseconds, so a lock per job is noise next to the job itself; what
 // matters is that threads appear on demand and go away when idle.
+//
+// std::mutex rather than absl::Mutex: Debian's absl is not built with
+// ThreadSanitizer annotations, so TSan cannot see absl::Mutex's
+// happens-before and reports every access to the queue as a race; it
+// intercepts pthread mutexes.
 #include "tideloop/blocking.hpp"
 
 #include <pthread.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -16,21 +24,21 @@ namespace tideloop {
 
 struct BlockingPool::Shared {
   Options opts;
-  mutable absl::Mutex mu;
-  absl::CondVar cv;      // work arrived or shutdown
-  absl::CondVar all_exited;
-  std::deque<absl::AnyInvocable<void() &&>> queue ABSL_GUARDED_BY(mu);
-  std::size_t num_threads ABSL_GUARDED_BY(mu) = 0;
-  std::size_t num_idle ABSL_GUARDED_BY(mu) = 0;
+  mutable std::mutex mu;
+  std::condition_variable cv;  // work arrived or shutdown
+  // Everything below is guarded by mu.
+  std::deque<absl::AnyInvocable<void() &&>> queue;
+  std::size_t num_threads = 0;
+  std::size_t num_idle = 0;
   // Idle threads woken for a job but not yet running it: avoids spawning a new
   // thread for a job an idle one is about to take.
-  std::size_t num_notified ABSL_GUARDED_BY(mu) = 0;
-  bool shutdown ABSL_GUARDED_BY(mu) = false;
+  std::size_t num_notified = 0;
+  bool shutdown = false;
   // Threads that exited by idling out; joined lazily (by the next spawn or
   // shutdown) so no thread joins itself.
-  std::vector<std::thread> finished ABSL_GUARDED_BY(mu);
-  std::vector<std::thread> threads ABSL_GUARDED_BY(mu);
-  std::uint64_t next_id ABSL_GUARDED_BY(mu) = 0;
+  std::vector<std::thread> finished;
+  std::vector<std::thread> threads;
+  std::uint64_t next_id = 0;
 
   void worker_main(std::shared_ptr<Shared> self, std::uint64_t id);
 };
@@ -45,22 +53,22 @@ void set_thread_name(const std::string& base, std::uint64_t id) {
 
 void BlockingPool::Shared::worker_main(std::shared_ptr<Shared> self, std::uint64_t id) {
   set_thread_name(opts.thread_name, id);
-  absl::MutexLock lock(&mu);
+  std::unique_lock<std::mutex> lock(mu);
   for (;;) {
     while (!queue.empty()) {
       auto job = std::move(queue.front());
       queue.pop_front();
-      mu.Unlock();
+      lock.unlock();
       std::move(job)();
       job = nullptr;  // destroy captured state outside the lock
-      mu.Lock();
+      lock.lock();
     }
     if (shutdown) break;
     ++num_idle;
-    const absl::Time deadline = absl::Now() + absl::FromChrono(opts.keep_alive);
+    const auto deadline = std::chrono::steady_clock::now() + opts.keep_alive;
     bool timed_out = false;
     while (queue.empty() && !shutdown && !timed_out) {
-      timed_out = cv.WaitWithDeadline(&mu, deadline);
+      timed_out = cv.wait_until(lock, deadline) == std::cv_status::timeout;
     }
     --num_idle;
     if (num_notified > 0) --num_notified;
@@ -77,7 +85,6 @@ void BlockingPool::Shared::worker_main(std::shared_ptr<Shared> self, std::uint64
     }
   }
   --num_threads;
-  if (num_threads == 0) all_exited.SignalAll();
   (void)self;
 }
 
@@ -92,13 +99,13 @@ absl::Status BlockingPool::submit(absl::AnyInvocable<void() &&> job) {
   Shared& s = *shared_;
   std::vector<std::thread> to_join;
   {
-    absl::MutexLock lock(&s.mu);
+    std::lock_guard<std::mutex> lock(s.mu);
     if (s.shutdown) return absl::FailedPreconditionError("blocking pool is shut down");
     s.queue.push_back(std::move(job));
     to_join.swap(s.finished);
     if (s.num_idle > s.num_notified) {
       ++s.num_notified;
-      s.cv.Signal();
+      s.cv.notify_one();
     } else if (s.num_threads < s.opts.max_threads) {
       std::uint64_t id = s.next_id++;
       try {
@@ -123,11 +130,11 @@ void BlockingPool::shutdown() {
   std::vector<std::thread> threads;
   std::deque<absl::AnyInvocable<void() &&>> dropped;
   {
-    absl::MutexLock lock(&s.mu);
+    std::lock_guard<std::mutex> lock(s.mu);
     if (s.shutdown && s.threads.empty() && s.finished.empty()) return;
     s.shutdown = true;
     dropped.swap(s.queue);
-    s.cv.SignalAll();
+    s.cv.notify_all();
     threads.swap(s.threads);
     for (auto& t : s.finished) threads.push_back(std::move(t));
     s.finished.clear();
@@ -137,15 +144,15 @@ void BlockingPool::shutdown() {
 }
 
 std::size_t BlockingPool::num_threads() const {
-  absl::MutexLock lock(&shared_->mu);
+  std::lock_guard<std::mutex> lock(shared_->mu);
   return shared_->num_threads;
 }
 std::size_t BlockingPool::num_idle() const {
-  absl::MutexLock lock(&shared_->mu);
+  std::lock_guard<std::mutex> lock(shared_->mu);
   return shared_->num_idle;
 }
 std::size_t BlockingPool::num_queued() const {
-  absl::MutexLock lock(&shared_->mu);
+  std::lock_guard<std::mutex> lock(shared_->mu);
   return shared_->queue.size();
 }
 

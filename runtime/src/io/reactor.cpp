@@ -1,0 +1,322 @@
+// Reactor, IoState and IoRegistration: see reactor.hpp for the design.
+//
+// Asio internals used (asio/detail, unchanged from 1.11 to 1.22; 1.27 added
+// two parameters to start_op, handled below): epoll_reactor's
+// register_descriptor / start_op / deregister_descriptor, to keep the
+// socket epoll set registered in the io_context with an operation that
+// never completes.
+#include "io/reactor.hpp"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <system_error>
+
+namespace tideloop::internal {
+
+using namespace io_readiness;
+
+namespace {
+// Which readiness an epoll event brings. EPOLLERR is not sticky: a pending
+// socket error (an ICMP unreachable on UDP, a refused connect) is read once
+// by the next syscall and the socket may carry on.
+std::uint64_t bits_of(std::uint32_t ev) {
+  std::uint64_t b = 0;
+  if (ev & (EPOLLIN | EPOLLPRI)) b |= kReadable;
+  if (ev & EPOLLOUT) b |= kWritable;
+  if (ev & EPOLLERR) b |= kReadable | kWritable;
+  if (ev & EPOLLRDHUP) b |= kReadable | kReadClosed;
+  if (ev & EPOLLHUP) b |= kReadable | kWritable | kReadClosed | kWriteClosed;
+  return b;
+}
+}  // namespace
+
+// --- IoState ---
+
+void IoState::set_ready(std::uint64_t bits) noexcept {
+  std::uint64_t cur = readiness.load(std::memory_order_relaxed);
+  while (!readiness.compare_exchange_weak(cur, (cur | bits) + kTickOne, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed)) {
+  }
+  const bool rd = bits & (kReadable | kReadClosed | kClosed | kShutdown);
+  const bool wr = bits & (kWritable | kWriteClosed | kClosed | kShutdown);
+  Waker w0, w1;
+  {
+    std::lock_guard<SpinLock> g(lock);
+    if (rd && waiters[0].waker) {
+      w0 = std::move(waiters[0].waker);
+      waiters[0].task = nullptr;
+    }
+    if (wr && waiters[1].waker) {
+      w1 = std::move(waiters[1].waker);
+      waiters[1].task = nullptr;
+    }
+  }
+  w0.wake();
+  w1.wake();
+}
+
+// --- Reactor ---
+
+Reactor::Reactor()
+    : ctx_(1),
+      work_(asio::make_work_guard(ctx_)),
+      asio_reactor_(asio::use_service<asio::detail::reactor>(ctx_)),
+      ep_(::epoll_create1(EPOLL_CLOEXEC)),
+      timer_fd_(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) {
+  if (ep_ < 0 || timer_fd_ < 0) {
+    const int e = errno;
+    if (ep_ >= 0) ::close(ep_);
+    if (timer_fd_ >= 0) ::close(timer_fd_);
+    throw std::system_error(e, std::system_category(), "tideloop: creating the reactor");
+  }
+  events_.resize(kMaxEventsPerTurn);
+  // The timer's events carry a null pointer; each expiry is an edge (re-arming
+  // resets its count, so it is never read).
+  epoll_event tev{};
+  tev.events = EPOLLIN | EPOLLET;
+  tev.data.ptr = nullptr;
+  ::epoll_ctl(ep_, EPOLL_CTL_ADD, timer_fd_, &tev);
+  asio_reactor_.init_task();
+  if (const int err = asio_reactor_.register_descriptor(ep_, nested_data_)) {
+    ::close(ep_);
+    throw std::system_error(err, std::system_category(), "tideloop: registering the epoll set");
+  }
+#if ASIO_VERSION >= 102700
+  asio_reactor_.start_op(
+      asio::detail::reactor::read_op, ep_, nested_data_, &nested_op_, false, false,
+      [](asio::detail::operation*, bool, const void*) {}, nullptr);
+#else
+  asio_reactor_.start_op(asio::detail::reactor::read_op, ep_, nested_data_, &nested_op_, false,
+                         false);
+#endif
+}
+
+Reactor::~Reactor() {
+  // Dequeue nested_op_ before it is destroyed; ~io_context then discards it
+  // (its completion is a no-op), and the epoll set goes last.
+  asio_reactor_.deregister_descriptor(ep_, nested_data_, /*closing=*/false);
+  asio_reactor_.cleanup_descriptor_data(nested_data_);
+  ctx_.restart();
+  ctx_.poll();  // runs the dequeued operation's (empty) completion
+  release_deferred();
+  ::close(timer_fd_);
+  ::close(ep_);
+}
+
+void Reactor::release_deferred() {
+  if (!has_release_.load(std::memory_order_acquire)) return;
+  std::vector<IoState*> rel;
+  {
+    std::lock_guard<std::mutex> g(reg_mu_);
+    rel.swap(release_);
+    has_release_.store(false, std::memory_order_relaxed);
+  }
+  for (IoState* st : rel) st->unref();
+}
+
+std::size_t Reactor::harvest() {
+  // safety: every registration deferred before now left the epoll set
+  // before it was queued, and the previous batch is fully dispatched, so no
+  // event we still hold names it.
+  release_deferred();
+  const int n = ::epoll_wait(ep_, events_.data(), static_cast<int>(events_.size()), 0);
+  if (n <= 0) {
+    maybe_more_ = false;
+    return 0;
+  }
+  for (int i = 0; i < n; ++i) {
+    if (auto* st = static_cast<IoState*>(events_[i].data.ptr)) st->set_ready(bits_of(events_[i].events));
+  }
+  // A full batch may have left events behind; the outer (edge-triggered)
+  // registration will not report them again, so look before sleeping.
+  maybe_more_ = static_cast<std::size_t>(n) == events_.size();
+  return static_cast<std::size_t>(n);
+}
+
+std::size_t Reactor::park(std::optional<std::chrono::nanoseconds> timeout) {
+  if ((timeout && timeout->count() <= 0) || maybe_more_) return harvest();
+  int expect = kIdle;
+  if (park_state_.compare_exchange_strong(expect, kParked, std::memory_order_seq_cst)) {
+    if (timeout) {
+      // Not disarmed when woken early: a stale expiry makes at most one later
+      // park return early, which costs less than a syscall on every wake.
+      itimerspec its{};
+      its.it_value.tv_sec = static_cast<time_t>(timeout->count() / 1'000'000'000);
+      its.it_value.tv_nsec = static_cast<long>(timeout->count() % 1'000'000'000);
+      ::timerfd_settime(timer_fd_, 0, &its, nullptr);
+    }
+    ctx_.run_one();
+    park_state_.exchange(kIdle, std::memory_order_seq_cst);
+  } else {
+    park_state_.store(kIdle, std::memory_order_seq_cst);  // consume the token
+  }
+  // An unpark() interrupts run_one() through stop(); a late one may also
+  // leave the context stopped, which only makes the next park spurious.
+  if (ctx_.stopped()) ctx_.restart();
+  return harvest();
+}
+
+void Reactor::unpark() noexcept {
+  if (park_state_.exchange(kNotified, std::memory_order_seq_cst) == kParked) ctx_.stop();
+}
+
+void Reactor::shutdown() {
+  std::vector<IoState*> states;
+  {
+    std::lock_guard<std::mutex> g(reg_mu_);
+    shutdown_ = true;
+    for (IoState* st = reg_head_; st != nullptr; st = st->reg_next) {
+      st->ref();
+      states.push_back(st);
+    }
+  }
+  // Outside reg_mu_: a woken task may close its socket (deregister) at once.
+  for (IoState* st : states) {
+    st->set_ready(kShutdown);
+    st->unref();
+  }
+}
+
+IoState* Reactor::register_fd(int fd, bool initially_ready, std::error_code& ec) {
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || (!(fl & O_NONBLOCK) && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+    ec = last_errno_code();
+    return nullptr;
+  }
+  auto* st = new IoState(this, fd);
+  if (initially_ready) st->readiness.store(kReadable | kWritable, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> g(reg_mu_);
+  if (shutdown_) {
+    delete st;
+    ec = std::make_error_code(std::errc::operation_canceled);
+    return nullptr;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.ptr = st;
+  if (::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) == 0) {
+    st->in_epoll = true;
+    st->ref();  // the epoll set's
+  } else if (errno == EPERM) {
+    // A regular file: epoll refuses it, and it never blocks.
+    st->readiness.store(kReadable | kWritable | kReadClosed | kWriteClosed,
+                        std::memory_order_relaxed);
+  } else {
+    ec = last_errno_code();
+    delete st;
+    return nullptr;
+  }
+  st->registered = true;
+  st->reg_next = reg_head_;
+  if (reg_head_) reg_head_->reg_prev = st;
+  reg_head_ = st;
+  return st;
+}
+
+void Reactor::deregister(IoState* st, bool close_fd) noexcept {
+  {
+    std::lock_guard<std::mutex> g(reg_mu_);
+    if (!st->registered) return;
+    st->registered = false;
+    if (st->reg_prev) {
+      st->reg_prev->reg_next = st->reg_next;
+    } else {
+      reg_head_ = st->reg_next;
+    }
+    if (st->reg_next) st->reg_next->reg_prev = st->reg_prev;
+    st->reg_prev = st->reg_next = nullptr;
+    if (st->in_epoll) {
+      // Explicitly: the fd may have duplicates that keep it in the set.
+      epoll_event ev{};
+      ::epoll_ctl(ep_, EPOLL_CTL_DEL, st->fd, &ev);
+      // The epoll set's reference goes when no harvested batch can name it.
+      release_.push_back(st);
+      has_release_.store(true, std::memory_order_release);
+    }
+  }
+  if (close_fd) ::close(st->fd);
+  st->set_ready(kClosed);
+}
+
+// --- IoRegistration ---
+
+Result<IoRegistration> IoRegistration::adopt(int fd, bool initially_ready) {
+  const std::shared_ptr<Reactor>* r;
+  try {
+    r = &current_reactor();
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  std::error_code ec;
+  IoState* st = (*r)->register_fd(fd, initially_ready, ec);
+  if (st == nullptr) {
+    ::close(fd);
+    return ec;
+  }
+  IoRegistration reg;
+  reg.reactor_ = *r;
+  reg.state_ = st;
+  reg.readiness_ = &st->readiness;
+  reg.fd_ = fd;
+  return reg;
+}
+
+WaitStatus IoRegistration::poll_ready_slow(Interest i, TaskHeader* self, std::uint64_t* snapshot,
+                                           std::error_code* ec) noexcept {
+  IoState* st = state_;
+  const std::uint64_t mask = ready_mask(i);
+  auto check = [&](std::uint64_t s) {
+    if (s & kShutdown) {
+      *ec = std::make_error_code(std::errc::operation_canceled);
+      return WaitStatus::kError;
+    }
+    if (s & kClosed) {
+      *ec = std::make_error_code(std::errc::bad_file_descriptor);
+      return WaitStatus::kError;
+    }
+    if (s & mask) {
+      *snapshot = s;
+      return WaitStatus::kReady;
+    }
+    return WaitStatus::kPending;
+  };
+  if (WaitStatus w = check(st->readiness.load(std::memory_order_acquire)); w != WaitStatus::kPending)
+    return w;
+  {
+    auto& wt = st->waiters[static_cast<int>(i)];
+    std::lock_guard<SpinLock> g(st->lock);
+    if (wt.task != self || !wt.waker) {
+      wt.waker = self->waker();
+      wt.task = self;
+    }
+  }
+  // Re-check after publishing the waker: an event that set the bit before
+  // the driver could see our waker is seen here (both sides use the lock).
+  return check(st->readiness.load(std::memory_order_acquire));
+}
+
+void IoRegistration::close() noexcept {
+  if (state_ == nullptr) return;
+  IoState* st = std::exchange(state_, nullptr);
+  readiness_ = nullptr;
+  st->reactor->deregister(st, /*close_fd=*/true);
+  st->unref();
+  fd_ = -1;
+  reactor_.reset();  // last: may destroy the io_context
+}
+
+int IoRegistration::release() noexcept {
+  if (state_ == nullptr) return -1;
+  IoState* st = std::exchange(state_, nullptr);
+  readiness_ = nullptr;
+  st->reactor->deregister(st, /*close_fd=*/false);
+  st->unref();
+  reactor_.reset();
+  return std::exchange(fd_, -1);
+}
+
+}  // namespace tideloop::internal

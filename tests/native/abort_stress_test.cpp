@@ -1,0 +1,229 @@
+// Stress: JoinHandle::abort() from other threads while the task is queued,
+// running, suspended or completing. The joiner sees the value or
+// TaskCancelled, never a crash; the task's state is destroyed exactly once;
+// abort is idempotent and may be called concurrently.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tideloop/runtime.hpp"
+
+#if defined(__SANITIZE_THREAD__)
+#define TL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TL_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define TL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TL_ASAN 1
+#endif
+#endif
+
+namespace {
+
+using namespace std::chrono_literals;
+using tideloop::JoinHandle;
+using tideloop::Runtime;
+using tideloop::Task;
+using tideloop::TaskCancelled;
+
+constexpr long scaled(long release, long asan, long tsan) {
+#if defined(TL_TSAN)
+  (void)release;
+  (void)asan;
+  return tsan;
+#elif defined(TL_ASAN)
+  (void)release;
+  (void)tsan;
+  return asan;
+#else
+  (void)asan;
+  (void)tsan;
+  return release;
+#endif
+}
+
+// Counts destructions of the live (not moved-from) instance only.
+struct Tracked {
+  std::atomic<long>* destroyed;
+  explicit Tracked(std::atomic<long>* d) : destroyed(d) {}
+  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
+  Tracked(const Tracked&) = delete;
+  ~Tracked() {
+    if (destroyed) destroyed->fetch_add(1);
+  }
+};
+
+// A one-shot event: tasks await it, any thread opens it (waking by value).
+class Gate {
+ public:
+  void open() {
+    tideloop::Waker w;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      open_ = true;
+      w = std::move(waker_);
+    }
+    w.wake();
+  }
+  class Awaiter : public tideloop::internal::LeafAwaiter<Awaiter> {
+   public:
+    explicit Awaiter(Gate* g) : g_(g) {}
+    bool poll_ready(tideloop::internal::TaskHeader* t) {
+      std::lock_guard<std::mutex> lk(g_->mu_);
+      if (g_->open_) return true;
+      g_->waker_ = t->waker();
+      return false;
+    }
+    void await_resume() noexcept {}
+
+   private:
+    Gate* g_;
+  };
+  Awaiter wait() { return Awaiter(this); }
+
+ private:
+  std::mutex mu_;
+  bool open_ = false;
+  tideloop::Waker waker_;
+};
+
+void spin(unsigned n) {
+  for (unsigned i = 0; i < n; ++i) asm volatile("" ::: "memory");
+}
+
+struct Outcomes {
+  long values = 0, cancelled = 0;
+};
+
+// One round: spawn a task of the given shape, abort it from another thread
+// after a random delay, join, check.
+Outcomes abort_race_rounds(Runtime& rt, long rounds, int shape) {
+  Outcomes out;
+  std::atomic<long> destroyed{0};
+  std::minstd_rand rng(static_cast<unsigned>(shape) * 7919u + 1);
+  for (long r = 0; r < rounds; ++r) {
+    auto gate = std::make_shared<Gate>();
+    JoinHandle<int> h;
+    switch (shape) {
+      case 0:  // completes at once
+        h = rt.spawn([t = Tracked(&destroyed)] { return 1; });
+        break;
+      case 1:  // yields a few times
+        h = rt.spawn([t = Tracked(&destroyed)]() -> Task<int> {
+          for (int i = 0; i < 3; ++i) co_await tideloop::yield_now();
+          co_return 1;
+        });
+        break;
+      default:  // suspended until another thread opens the gate
+        h = rt.spawn([t = Tracked(&destroyed), gate]() -> Task<int> {
+          co_await gate->wait();
+          co_return 1;
+        });
+        break;
+    }
+    const unsigned delay = rng() % 2000;
+    const unsigned gate_delay = rng() % 2000;
+    std::thread aborter([&h, delay] {
+      spin(delay);
+      h.abort();
+      h.abort();  // idempotent
+    });
+    if (shape == 2) {
+      spin(gate_delay);
+      gate->open();
+    }
+    aborter.join();
+    try {
+      EXPECT_EQ(h.join(), 1);
+      ++out.values;
+    } catch (const TaskCancelled&) {
+      ++out.cancelled;
+    }
+  }
+  EXPECT_EQ(destroyed.load(), rounds);
+  return out;
+}
+
+TEST(AbortStress, AbortRacesWithRunningQueuedSuspendedAndCompleting) {
+  const long rounds = scaled(3000, 1000, 1000);
+  auto rt = Runtime::Builder::multi_thread().worker_threads(2).build();
+  for (int shape = 0; shape < 3; ++shape) {
+    Outcomes o = abort_race_rounds(rt, rounds, shape);
+    EXPECT_EQ(o.values + o.cancelled, rounds);
+    std::printf("shape %d: %ld values, %ld cancelled\n", shape, o.values, o.cancelled);
+  }
+}
+
+TEST(AbortStress, ConcurrentAbortsOfOneTask) {
+  const long rounds = scaled(2000, 500, 500);
+  auto rt = Runtime::Builder::multi_thread().worker_threads(2).build();
+  std::atomic<long> destroyed{0};
+  for (long r = 0; r < rounds; ++r) {
+    auto h = rt.spawn([t = Tracked(&destroyed)]() -> Task<int> {
+      co_await tideloop::yield_now();
+      co_return 1;
+    });
+    std::atomic<bool> go{false};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 3; ++i) {
+      ts.emplace_back([&] {
+        while (!go.load()) {
+        }
+        h.abort();
+      });
+    }
+    go = true;
+    for (auto& t : ts) t.join();
+    try {
+      (void)h.join();
+    } catch (const TaskCancelled&) {
+    }
+  }
+  EXPECT_EQ(destroyed.load(), rounds);
+}
+
+// The joiner is itself a task awaiting the victim while another task aborts it.
+TEST(AbortStress, AbortWhileAnotherTaskAwaits) {
+  const long rounds = scaled(2000, 500, 500);
+  auto rt = Runtime::Builder::multi_thread().worker_threads(2).build();
+  std::atomic<long> destroyed{0}, cancelled{0}, values{0};
+  std::vector<JoinHandle<void>> joiners;
+  for (long r = 0; r < rounds; ++r) {
+    auto gate = std::make_shared<Gate>();
+    auto victim =
+        std::make_shared<JoinHandle<int>>(rt.spawn([t = Tracked(&destroyed), gate]() -> Task<int> {
+          co_await gate->wait();
+          co_return 1;
+        }));
+    // Abort from a task while the gate may open concurrently.
+    rt.spawn([victim, gate, r] {
+        if (r % 2) gate->open();
+        victim->abort();
+      }).join();
+    joiners.push_back(rt.spawn([victim, &cancelled, &values]() -> Task<void> {
+      try {
+        values += co_await *victim;
+      } catch (const TaskCancelled&) {
+        ++cancelled;
+      }
+    }));
+  }
+  for (auto& j : joiners) j.join();
+  EXPECT_EQ(cancelled.load() + values.load(), rounds);
+  EXPECT_EQ(destroyed.load(), rounds);
+}
+
+}  // namespace
