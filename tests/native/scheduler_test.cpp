@@ -356,12 +356,10 @@ TEST(MultiThread, SelfRespawningChainsDoNotStarveRemoteSpawnsWithAnyInterval) {
 // Two tasks that can only finish together: one sits in the spawning worker's
 // LIFO slot, the other in its queue, so the other worker (asleep when the
 // round starts) must be woken and steal. Each round starts with both workers
-// parked: an idle worker that is awake but not searching parks without
-// looking at other queues (as in Tokio), and the pre-park spin only reacts to
-// queues holding more than one task, so a single task queued behind a
-// blocking one can be stranded in that window (see the test report). A round
-// that hits it gives up after 2 s instead of deadlocking; nearly all must
-// succeed.
+// parked: a worker that is awake but not searching parks without looking at
+// other queues (as in Tokio), so a single task queued behind a blocking one
+// can be stranded in that window. A round that hits it gives up after 2 s
+// instead of deadlocking; nearly all must succeed.
 TEST(MultiThread, IdleWorkerIsWokenAndSteals) {
   auto rt = make_rt(2);
   constexpr int kRounds = 20;

@@ -86,8 +86,14 @@ class Idle {
   static constexpr unsigned kUnparkShift = 16;
   static std::size_t num_searching(std::size_t s) { return s & 0xffff; }
   static std::size_t num_unparked(std::size_t s) { return s >> kUnparkShift; }
-  bool notify_should_wakeup() const {
-    const std::size_t s = state_.load(std::memory_order_seq_cst);
+  bool notify_should_wakeup() {
+    // An RMW, not a load: the caller just published work (a queue-tail
+    // store) and must not have this read ordered before that store, or it
+    // can miss a worker that, having found no work, is parking right now
+    // (Dekker pairing with transition_worker_to_parked's RMW followed by its
+    // queue check). A plain seq_cst load does not order an earlier release
+    // store on x86 (store buffer). Tokio uses fetch_add(0, SeqCst) too.
+    const std::size_t s = state_.fetch_add(0, std::memory_order_seq_cst);
     return num_searching(s) == 0 && num_unparked(s) < num_workers_;
   }
 

@@ -427,9 +427,13 @@ class MultiThread final : public RuntimeCore {
 
   void park(Worker* w) {
     if (w->lifo != nullptr || w->queue.has_tasks()) return;
-    const bool was_last_searcher = idle_.transition_worker_to_parked(w->index, w->is_searching);
+    idle_.transition_worker_to_parked(w->index, w->is_searching);
     w->is_searching = false;
-    if (was_last_searcher) notify_if_work_pending();
+    // Every parking worker (not only the last searcher, as in Tokio) looks
+    // once more: a push that happened while we still counted as unparked did
+    // not wake anyone, and its task would wait until its owner next looks at
+    // its queue (seconds, if the owner runs a long task).
+    notify_if_work_pending();
     w->parking = true;
     while (!injector_.is_closed()) {
       bump(w->parks);
