@@ -122,7 +122,9 @@ PyObject* handle_cancel(HandleObject* h, PyObject*) {
     if (h->is_timer) {
       // Last: the loop may drop its reference (the caller still holds one).
       auto* t = reinterpret_cast<TimerHandleObject*>(h);
-      if (t->scheduled && h->loop != nullptr) loop_timer_cancelled(h->loop, t);
+      if (t->timer.where != TimerQueue::kNone && h->loop != nullptr) {
+        loop_timer_cancelled(h->loop, t);
+      }
     }
   }
   Py_RETURN_NONE;
@@ -202,7 +204,7 @@ PyObject* get_when(TimerHandleObject* t, void*) {
   return PyFloat_FromDouble(t->timer.when);
 }
 PyObject* get_scheduled(TimerHandleObject* t, void*) {
-  return PyBool_FromLong(t->scheduled);
+  return PyBool_FromLong(t->timer.where != TimerQueue::kNone);  // the loop's queue holds it
 }
 
 Py_hash_t timer_hash(TimerHandleObject* t) {
@@ -343,7 +345,6 @@ TimerHandleObject* timer_handle_new(double when, PyObject* callback, PyObject* c
   t->timer.where = TimerQueue::kNone;
   t->timer.index = TimerEntry::kNoIndex;
   t->timer.cancelled = false;
-  t->scheduled = false;
   h->callback = h->arg1 = h->args = h->context = h->repr = h->source_traceback = nullptr;
   h->loop = nullptr;
   h->weakreflist = nullptr;

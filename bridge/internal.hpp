@@ -48,11 +48,13 @@ struct HandleObject {
 
 // A callback scheduled by call_later/call_at: asyncio.TimerHandle's contract (when(),
 // ordering by `when`, hash(when)).
+// 176 bytes: kept small on purpose (a 100k-timer burst measured 8-10% slower at 192 bytes,
+// from memory traffic alone). "Scheduled" is timer.where != TimerQueue::kNone.
 struct TimerHandleObject {
   HandleObject base;
   TimerEntry timer;  // timer.when: the loop.time() deadline, seconds (exactly as given)
-  bool scheduled;    // true while the loop's TimerQueue holds the handle
 };
+static_assert(sizeof(TimerHandleObject) <= 176, "keep timer handles in pymalloc's 176-byte class");
 
 inline HandleObject* handle_from_node(InboxNode* n) {
   return reinterpret_cast<HandleObject*>(reinterpret_cast<char*>(n) - offsetof(HandleObject, node));

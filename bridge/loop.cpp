@@ -133,9 +133,7 @@ inline TimerHandleObject* timer_of(TimerEntry* e) {
 
 // Drops the queue's reference to a timer that left it without running (cancelled).
 void drop_timer(TimerEntry* e) {
-  TimerHandleObject* t = timer_of(e);
-  t->scheduled = false;
-  Py_DECREF(t);
+  Py_DECREF(timer_of(e));
 }
 
 void move_expired_timers(LoopObject* self) {
@@ -145,9 +143,7 @@ void move_expired_timers(LoopObject* self) {
   st.timers.collect_due(
       end_time,
       [&](TimerEntry* e) {
-        TimerHandleObject* t = timer_of(e);
-        t->scheduled = false;
-        st.ready.push(&t->base);  // the queue's reference moves to the ready queue
+        st.ready.push(&timer_of(e)->base);  // the queue's reference moves to the ready queue
       },
       drop_timer);
 }
@@ -615,7 +611,6 @@ PyObject* schedule_timer(LoopObject* self, double when, PyObject* const* args, P
   if (t == nullptr) return nullptr;
   Py_INCREF(t);
   S(self).timers.insert(&t->timer, when);
-  t->scheduled = true;
   return (PyObject*)t;
 }
 

@@ -2,6 +2,7 @@
 // names, and receives the Python helpers of tideloop/_loop.py (formatting, logging, debug-mode
 // checks: the cold paths that are better written in Python).
 #include "internal.hpp"
+#include "poller.hpp"
 
 #ifndef TIDELOOP_VERSION
 #define TIDELOOP_VERSION "0.0.0"
@@ -140,7 +141,8 @@ extern "C" __attribute__((visibility("default"))) PyObject* PyInit__tideloop() {
   if (PyModule_AddObjectRef(m, "Handle", (PyObject*)&HandleType) < 0 ||
       PyModule_AddObjectRef(m, "TimerHandle", (PyObject*)&TimerHandleType) < 0 ||
       PyModule_AddObjectRef(m, "LoopCore", (PyObject*)&LoopCoreType) < 0 ||
-      PyModule_AddStringConstant(m, "__version__", TIDELOOP_VERSION) < 0) {
+      PyModule_AddStringConstant(m, "__version__", TIDELOOP_VERSION) < 0 ||
+      PyModule_AddStringConstant(m, "_reactor", kReactorName) < 0) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -1,11 +1,26 @@
-// Poller: the one blocking wait of the bridge thread. An epoll set holding the wake-up eventfd,
-// the signal wakeup socket and every fd watched with add_reader/add_writer, so a timer deadline,
-// a post from another thread, a signal and fd readiness all end the same wait. The later network
-// layer (transports, servers) registers its sockets here too.
+// Poller: the one blocking wait of the bridge thread. A readiness set holding the wake-up
+// eventfd, the signal wakeup socket and every fd watched with add_reader/add_writer, so a timer
+// deadline, a post from another thread, a signal and fd readiness all end the same wait. The
+// later network layer (transports, servers) registers its sockets here too.
 //
-// Timeouts are nanoseconds: epoll_pwait2 keeps sub-millisecond timer deadlines exact; on kernels
-// without it we fall back to epoll_wait with the timeout rounded *up* to a millisecond (asyncio's
-// selectors do the same) so a timer never fires early.
+// Interface (what loop.cpp relies on): add/modify/remove(fd, events, tag) with EPOLLIN/EPOLLOUT
+// interest, returning 0 or an errno; wait(events, max, timeout_ns) filling epoll_event records
+// {events, data.u64 = tag}, level-triggered (an fd that stays readable is reported by every
+// wait, as asyncio's selectors do), returning the count or -1 with errno (EINTR).
+//
+// Two implementations, chosen at build time (-DTIDELOOP_BRIDGE_REACTOR=epoll|asio):
+//  * EpollPoller (default): one epoll set, level-triggered, waited on with epoll_pwait2.
+//  * AsioPoller (asio_poller.hpp): the same on the runtime's reactor, asio::io_context.
+// Measured side by side (bench numbers in docs/python-api.md): Asio's reactor is
+// edge-triggered, so level-triggered readiness costs an epoll_ctl(MOD) re-arm per reported fd
+// and per wake-up, an async_wait allocates and queues an operation, io_context::run_one_for
+// rounds sub-millisecond timeouts up to whole milliseconds (1 ms waits for timers 15 us away),
+// and collecting the rest of a batch after run_one costs another epoll_wait(0). epoll stays the
+// default for those reasons; the lead decides whether to change the architecture map.
+//
+// EpollPoller timeouts are nanoseconds: epoll_pwait2 keeps sub-millisecond timer deadlines
+// exact; on kernels without it we fall back to epoll_wait with the timeout rounded *up* to a
+// millisecond (asyncio's selectors do the same) so a timer never fires early.
 #pragma once
 
 #include <sys/epoll.h>
@@ -17,12 +32,12 @@
 
 namespace tideloop::bridge {
 
-class Poller {
+class EpollPoller {
  public:
-  Poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {}
-  ~Poller() { close(); }
-  Poller(const Poller&) = delete;
-  Poller& operator=(const Poller&) = delete;
+  EpollPoller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {}
+  ~EpollPoller() { close(); }
+  EpollPoller(const EpollPoller&) = delete;
+  EpollPoller& operator=(const EpollPoller&) = delete;
 
   bool ok() const { return epfd_ >= 0; }
   void close() {
@@ -81,3 +96,16 @@ class Poller {
 };
 
 }  // namespace tideloop::bridge
+
+#if defined(TIDELOOP_BRIDGE_REACTOR_ASIO)
+#include "asio_poller.hpp"
+namespace tideloop::bridge {
+using Poller = AsioPoller;
+inline constexpr const char* kReactorName = "asio";
+}  // namespace tideloop::bridge
+#else
+namespace tideloop::bridge {
+using Poller = EpollPoller;
+inline constexpr const char* kReactorName = "epoll";
+}  // namespace tideloop::bridge
+#endif

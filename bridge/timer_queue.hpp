@@ -6,48 +6,56 @@
 //  * timers fire in `when` order and, for equal `when`, in scheduling order (a sequence number);
 //  * a timer is due when `when < end_time`, end_time = loop.time() + clock resolution
 //    (BaseEventLoop._run_once breaks on `handle._when >= end_time`; a NaN deadline is due);
-//  * the wait ends at the earliest deadline, not at a rounded tick (see "Waiting" below).
+//  * the wait ends at the earliest deadline, not at a rounded tick (see "Waiting").
 //
-// Mapping. A tick is 2^-20 s (0.95 µs): tick(t) = floor(t * 2^20), exact in binary floating
-// point. The wheel spans 64^6 ticks = 2^36 ticks (18.2 h). Deadlines at or before the wheel's
-// current tick (past, NaN, or inside the tick being handed out) cannot enter the wheel: they go
-// to `due_`, a small binary heap ordered by (when, seq). Deadlines 63 top-level slots (17.9 h) or
-// more ahead of the wheel go to `far_` (see "Far deadlines").
+// Mapping. A tick is 2^-18 s (3.8 us): tick(t) = floor(t * 2^18), exact in binary floating
+// point. Level L of the wheel has slots of 64^L ticks: 3.8 us, 244 us, 15.6 ms, 1 s, 64 s,
+// 68 min; it spans 2^36 ticks = 72.8 h. (Ticks of 2^-10 .. 2^-20 s were measured on bench/python
+// workloads: within noise of each other except on a burst of 50k timers, where 2^-16 s and
+// coarser lost 5-15% to sorting bigger per-tick groups and to more timers passing through
+// `due_`; 2^-20 s puts the far threshold at 18 h instead of 3 days. Numbers in
+// docs/python-api.md.)
 //
 // Three homes, O(1) in the common case:
-//  * the wheel: insert and cancel are O(1) (cancel unlinks at once: no lazy clean-up, no
-//    compaction, no cancelled-count heuristic);
-//  * `due_`: timers whose tick the wheel already handed out but whose float `when` is not reached
-//    yet, plus deadlines that were already at/behind the wheel's tick when scheduled. It holds at
-//    most a few ticks' worth of timers, except while a look-ahead (below) is in effect. Cancel in
-//    `due_` marks the entry; the mark is dropped when it reaches the top (it is near-term anyway)
-//    or when more than half of `due_` is marked.
+//  * the wheel: insert and cancel are O(1) (cancel unlinks at once: no lazy clean-up);
+//  * `due_`, a small binary heap ordered by (when, seq): timers whose tick the wheel already
+//    handed out but whose float `when` is not reached yet (at most one tick's worth), deadlines
+//    at or behind the wheel's tick when scheduled (past, NaN, the current tick), and those
+//    scheduled while a look-ahead is in effect (see "Waiting");
+//  * `far_`, a heap: deadlines 63/64 of the wheel's span (71.7 h) or more ahead (see "Far
+//    deadlines").
+// Cancel in a heap pops the top at once and marks any other entry, which is dropped when it
+// reaches the top or when more than half of that heap is marked (asyncio's heuristic).
 //
-// Expiry. collect_due(end_time) first takes due entries from `due_` (they all precede the wheel,
-// whose ticks are later); if `due_` still holds a not-yet-due entry, nothing in the wheel is due
-// either. Otherwise wheel.advance(tick(end_time)) hands out whole ticks, earliest first; entries
-// of one tick come out together, so each tick's group is sorted by (when, seq) (groups are tiny)
-// and appended in order: due ones to the ready queue, the rest (the last tick only) to `due_`.
+// Expiry. collect_due(end_time) first takes due entries from `due_` (all of them precede the
+// wheel, whose ticks are later); if `due_` still holds a not-yet-due entry, nothing in the wheel
+// is due either. Otherwise the wheel hands out due ticks one slot at a time (advance() to its
+// next expiration: each list is walked while it is still in cache); one slot yields the entries
+// of exactly one tick, sorted by (when, seq) (a handful), then appended in order: due ones to the
+// ready queue, the rest (the current tick only) to `due_`. A tick that has nothing to hand out
+// costs a few compares: `min_tick_` bounds every wheel entry from below, and the wheel's time may
+// lag the clock by up to kMaxLagTicks (about 1 ms) instead of being advanced on every tick.
 //
 // Waiting. next_wait(now) is the exact earliest deadline when it is known: the top of `due_`.
 // Otherwise the wheel only knows the start of the earliest slot, which for level L >= 1 can be up
-// to 64^L ticks early. When that slot starts within kLookaheadTicks, the queue settles it now
-// (advance() to the slot start: entries of that tick go to `due_`, the others cascade down) until
-// an exact deadline is known, so a wait shorter than the horizon ends exactly at the deadline
-// with one wake-up. A farther slot is waited for (an early wake-up that costs one extra wait per
+// to 64^L ticks early. When that slot starts within kLookaheadTicks (31 ms), the queue settles it
+// now (advance() to the slot start: entries of that tick go to `due_`, the others cascade down)
+// until an exact deadline is known, so a wait shorter than the horizon ends exactly at the
+// deadline with one wake-up. A farther slot is waited for (an early wake-up: one extra wait per
 // level, negligible against a wait that long), then settled. While a look-ahead is in effect
 // (the wheel's tick is ahead of the clock), new timers earlier than the settled tick go to
-// `due_`: they are the next to fire anyway, and the horizon bounds how many there can be.
+// `due_`: they are the next to fire anyway, and the horizon bounds how many there can be (at
+// worst, `due_` then behaves like the binary heap this queue replaced).
 //
 // Far deadlines. TimerWheel clamps a deadline beyond its span into the top level, meant to be
 // re-placed when its slot comes round. That is wrong when the clamped entry sits in the top-level
-// slot the wheel's time is in: next_expiration() then reports that slot one full turn (18.2 h)
-// ahead and hides every earlier top-level slot, so a 1 h timer next to a 19 h one fired 19 h late
-// (reproduced in the runtime's TimerWheel alone; reported for a fix there). The bridge never
-// gives the wheel such a deadline: one that is 2^36 - 2^30 ticks (63 top-level slots) or more
-// ahead of the wheel's time waits in `far_` (a heap, lazily cancelled and compacted like
-// asyncio's) and moves into the wheel once it is closer; `far_` entries are hours away, so this
-// costs nothing on the hot path. tests/python/test_timer_order.py moves the clock by days.
+// slot the wheel's time is in: next_expiration() then reports that slot one full turn ahead and
+// hides every earlier top-level slot (with 2^-20 s ticks, a 1 h timer next to a 19 h one fired
+// 19 h late; reproduced with the runtime's TimerWheel alone, reported for a fix there). So the
+// bridge never gives the wheel such a deadline: one that is 2^36 - 2^30 ticks or more ahead of
+// the wheel's time waits in `far_` and moves into the wheel once it is closer (or, when the
+// clock jumped past it, straight into the batch being handed out). tests/python/
+// test_timer_order.py moves the clock by up to 40 days.
 //
 // Every wheel-resident entry is also listed in `registry_` so that the loop can traverse (GC) and
 // clear them: the wheel itself offers no iteration. The list is maintained lazily, because
@@ -69,36 +77,36 @@
 #include "tideloop/time/timer_wheel.hpp"
 #include "timer_heap.hpp"
 
+#ifndef TIDELOOP_BRIDGE_TICK_SHIFT
+#define TIDELOOP_BRIDGE_TICK_SHIFT 18
+#endif
+
 namespace tideloop::bridge {
 
 // Embedded in each TimerHandle. All fields belong to the queue while the entry is scheduled;
 // `index` until the handle is deallocated (see forget()).
 struct TimerEntry {
   static constexpr std::uint32_t kNoIndex = ~std::uint32_t{0};
-  tideloop::TimerWheelNode node;  // first member: node <-> entry is a cast
-  double when = 0;                // the exact deadline, loop.time() seconds
-  std::uint64_t seq = 0;          // scheduling order, tie-breaker for equal `when`
-  std::uint32_t index = 0;        // slot in registry_, or kNoIndex
+  // where/cancelled/index first: embedded right after the Handle fields, they share a cache line
+  // with what the GC traversal and dealloc read anyway.
   std::uint8_t where = 0;         // TimerQueue::kNone / kWheel / kDue / kFar
   bool cancelled = false;         // cancelled while in due_ or far_ (dropped lazily)
+  std::uint32_t index = 0;        // slot in registry_, or kNoIndex
+  tideloop::TimerWheelNode node;  // entry_of(): node -> entry
+  double when = 0;                // the exact deadline, loop.time() seconds
+  std::uint64_t seq = 0;          // scheduling order, tie-breaker for equal `when`
 };
 
 class TimerQueue {
  public:
   enum : std::uint8_t { kNone = 0, kWheel = 1, kDue = 2, kFar = 3 };
 
-#ifndef TIDELOOP_BRIDGE_TICK_SHIFT
-#define TIDELOOP_BRIDGE_TICK_SHIFT 20
-#endif
-#ifndef TIDELOOP_BRIDGE_LOOKAHEAD_SHIFT
-#define TIDELOOP_BRIDGE_LOOKAHEAD_SHIFT 5
-#endif
+  // tick = 2^-kTickShift s (see "Mapping"; -DTIDELOOP_BRIDGE_TICK_SHIFT=n to measure others).
   static constexpr int kTickShift = TIDELOOP_BRIDGE_TICK_SHIFT;
   static constexpr double kTicksPerSecond = static_cast<double>(std::uint64_t{1} << kTickShift);
   // Settle the earliest wheel slot ahead of time when it starts within 2^-5 s = 31 ms (see
   // "Waiting").
-  static constexpr std::uint64_t kLookaheadTicks = std::uint64_t{1}
-                                                   << (kTickShift - TIDELOOP_BRIDGE_LOOKAHEAD_SHIFT);
+  static constexpr std::uint64_t kLookaheadTicks = std::uint64_t{1} << (kTickShift - 5);
   // collect_due lets the wheel's time lag the clock by at most this much while nothing is due
   // (2^-10 s, about 1 ms): new timers are placed relative to it.
   static constexpr std::uint64_t kMaxLagTicks = std::uint64_t{1} << (kTickShift - 10);
@@ -151,19 +159,15 @@ class TimerQueue {
 
   // Cancels a scheduled entry. Returns true when the entry left the queue (the caller drops the
   // queue's reference now), false when it stays marked in due_/far_ until handed to drop().
+  // O(1) in the wheel and at the top of due_/far_.
   bool cancel(TimerEntry* e) {
     if (e->where == kWheel) {
       wheel_.remove(&e->node);
       e->where = kNone;  // its registry slot goes stale
       return true;
     }
-    if (e->where == kDue && !e->cancelled) {
-      e->cancelled = true;
-      ++due_cancelled_;
-    } else if (e->where == kFar && !e->cancelled) {
-      e->cancelled = true;
-      ++far_cancelled_;
-    }
+    if (e->where == kDue) return cancel_in_heap(due_, due_cancelled_, e);
+    if (e->where == kFar) return cancel_in_heap(far_, far_cancelled_, e);
     return false;
   }
 
@@ -296,12 +300,26 @@ class TimerQueue {
       take_batch(wheel_.advance(slot));
       min_tick_ = wheel_.next_expiration().value_or(kNoTick);
       if (!batch_.empty()) {
-        for (TimerEntry* e : batch_) push_due(e);
+        for (const BatchItem& b : batch_) push_due(b.e);
         batch_.clear();
         return wait_until(due_.top().item->when, now);
       }
       // The slot only cascaded (its entries moved to lower levels): look again.
     }
+  }
+
+  // due_ and far_ are heaps: the top leaves at once, any other entry is marked and dropped when
+  // it reaches the top or by compaction.
+  static bool cancel_in_heap(TimerHeap<TimerEntry>& heap, std::size_t& cancelled, TimerEntry* e) {
+    if (e->cancelled) return false;
+    if (heap.top().item == e) {
+      heap.pop();
+      e->where = kNone;
+      return true;
+    }
+    e->cancelled = true;
+    ++cancelled;
+    return false;
   }
 
   [[gnu::noinline]] void insert_far(TimerEntry* e) {
@@ -314,7 +332,7 @@ class TimerQueue {
   }
 
   static TimerEntry* entry_of(tideloop::TimerWheelNode* n) {
-    return reinterpret_cast<TimerEntry*>(n);  // node is the first member
+    return reinterpret_cast<TimerEntry*>(reinterpret_cast<char*>(n) - offsetof(TimerEntry, node));
   }
 
   static double wait_until(double when, double now) {
@@ -355,40 +373,58 @@ class TimerQueue {
   // Moves an advance() list into batch_ (appending), sorted by (when, seq). advance() to the
   // next expiration hands out the entries of exactly one tick, so batch_ is one small group;
   // the slow path of collect_due (one big advance) hands out whole ticks in increasing order,
-  // all entries of a tick together, so sorting runs of equal ticks is enough there too.
+  // all entries of a tick together, so sorting runs of equal ticks is enough there too. The
+  // sort keys are copied out while each node is in cache (when and seq share its cache line).
   void take_batch(tideloop::TimerWheelNode* list) {
     const std::size_t first = batch_.size();
     for (tideloop::TimerWheelNode* n = list; n != nullptr;) {
       tideloop::TimerWheelNode* next = n->next;
       TimerEntry* e = entry_of(n);
-      batch_.push_back(e);  // its registry slot goes stale
+      batch_.push_back(BatchItem{e->when, e->seq, n->when, e});  // registry slot goes stale
       n = next;
     }
     std::size_t i = first;
     const std::size_t n = batch_.size();
     while (i < n) {
       std::size_t j = i + 1;
-      const std::uint64_t tick = batch_[i]->node.when;
-      while (j < n && batch_[j]->node.when == tick) ++j;
-      if (j - i > 1) std::sort(batch_.begin() + i, batch_.begin() + j, entry_less);
+      const std::uint64_t tick = batch_[i].tick;
+      while (j < n && batch_[j].tick == tick) ++j;
+      if (j - i > 1) sort_group(batch_.begin() + i, batch_.begin() + j);
       i = j;
     }
   }
 
-  static bool entry_less(const TimerEntry* a, const TimerEntry* b) {
-    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+  struct BatchItem {
+    double when;
+    std::uint64_t seq;
+    std::uint64_t tick;
+    TimerEntry* e;
+  };
+
+  static bool batch_less(const BatchItem& a, const BatchItem& b) {
+    return a.when < b.when || (a.when == b.when && a.seq < b.seq);
+  }
+
+  // A slot's list is newest first, so a group scheduled in deadline order comes out reversed:
+  // that case (and the sorted one) costs a pass, anything else a sort.
+  template <class It>
+  static void sort_group(It first, It last) {
+    if (std::is_sorted(first, last, batch_less)) return;
+    std::reverse(first, last);
+    if (std::is_sorted(first, last, batch_less)) return;
+    std::sort(first, last, batch_less);
   }
 
   // Hands batch_ (sorted) over: due entries to on_due, the others (of the last tick only) to
   // due_, which is empty here, in order (no sifting).
   template <class OnDue>
   void deliver(double end_time, OnDue& on_due) {
-    for (TimerEntry* e : batch_) {
-      if (!(e->when >= end_time)) {
-        e->where = kNone;
-        on_due(e);
+    for (const BatchItem& b : batch_) {
+      if (!(b.when >= end_time)) {
+        b.e->where = kNone;
+        on_due(b.e);
       } else {
-        push_due(e);
+        push_due(b.e);
       }
     }
     batch_.clear();
@@ -446,11 +482,11 @@ class TimerQueue {
         if (tick < min_tick_) min_tick_ = tick;
       } else {
         e->where = kNone;
-        batch_.push_back(e);
+        batch_.push_back(BatchItem{e->when, e->seq, tick, e});
         appended = true;
       }
     }
-    if (appended) std::sort(batch_.begin(), batch_.end(), entry_less);
+    if (appended) std::sort(batch_.begin(), batch_.end(), batch_less);
   }
 
   // Hot and small first (empty() reads due_, far_ and the wheel's size on one cache line); the
@@ -462,7 +498,7 @@ class TimerQueue {
   // nothing to ask the wheel (whose next_expiration() scans up to 6 levels).
   std::uint64_t min_tick_ = kNoTick;
   std::vector<TimerEntry*> registry_;  // wheel entries, lazily maintained (see the header)
-  std::vector<TimerEntry*> batch_;  // scratch of collect_due/next_wait, reused
+  std::vector<BatchItem> batch_;  // scratch of collect_due/next_wait, reused
   std::uint64_t next_seq_ = 0;
   std::size_t due_cancelled_ = 0;
   std::size_t far_cancelled_ = 0;

@@ -63,7 +63,9 @@ Task<> client(TcpEndpoint addr, int rounds, int id) {
 }
 
 void tcp_echo(benchmark::State& state) {
-  auto rt = Runtime::Builder::multi_thread().worker_threads(static_cast<std::size_t>(state.range(0))).build();
+  auto rt = Runtime::Builder::multi_thread()
+                .worker_threads(static_cast<std::size_t>(state.range(0)))
+                .build();
   const TcpEndpoint addr = rt.block_on([&]() -> Task<TcpEndpoint> {
     auto l = TcpListener::bind("127.0.0.1", 0).value();
     auto a = l.local_addr().value();

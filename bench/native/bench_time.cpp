@@ -37,7 +37,9 @@ double bench_scale() {
 }
 
 Runtime make_rt(benchmark::State& s) {
-  return Runtime::Builder::multi_thread().worker_threads(static_cast<std::size_t>(s.range(0))).build();
+  return Runtime::Builder::multi_thread()
+      .worker_threads(static_cast<std::size_t>(s.range(0)))
+      .build();
 }
 
 Task<> one_timer(int i, std::atomic<int>* rem, Signal* done) {
@@ -63,12 +65,14 @@ void timers(benchmark::State& state) {
       done.acquire();
       co_return;
     });
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.SetIterationTime(secs);
     overhead_s += secs - kWindowUs * 1e-6;
   }
   const double iters = static_cast<double>(state.iterations());
-  state.counters["ns_per_op"] = iters > 0 ? std::max(0.01, overhead_s * 1e9 / (iters * kNumTimers)) : 0;
+  state.counters["ns_per_op"] =
+      iters > 0 ? std::max(0.01, overhead_s * 1e9 / (iters * kNumTimers)) : 0;
 }
 
 Task<> cancel_loop(int n, int* pending, Signal* done) {
@@ -76,7 +80,7 @@ Task<> cancel_loop(int n, int* pending, Signal* done) {
   for (int i = 0; i < n; ++i) {
     auto s = tideloop::sleep(1s);
     if (!s.poll_ready(self)) ++*pending;  // registered in the wheel
-  }                                        // ~Sleep: deregistered
+  }                                       // ~Sleep: deregistered
   done->release();
   co_return;
 }

@@ -1,6 +1,6 @@
 // AsyncFd: readiness waits on non-socket descriptors (pipe, eventfd).
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 

@@ -34,8 +34,9 @@ Runtime make_rt(bool multi) {
 }
 
 class Blocking : public ::testing::TestWithParam<bool> {};
-INSTANTIATE_TEST_SUITE_P(Runtime, Blocking, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "MultiThread" : "CurrentThread"; });
+INSTANTIATE_TEST_SUITE_P(Runtime, Blocking, ::testing::Values(true, false), [](const auto& info) {
+  return info.param ? "MultiThread" : "CurrentThread";
+});
 
 TEST_P(Blocking, ReturnsValueOnAPoolThread) {
   auto rt = make_rt(GetParam());
@@ -103,9 +104,8 @@ TEST_P(Blocking, RuntimeContextInsideTheJob) {
 
 TEST_P(Blocking, JoinFromOutsideTheRuntime) {
   auto rt = make_rt(GetParam());
-  auto h = rt.block_on([]() -> Task<JoinHandle<int>> {
-    co_return tideloop::spawn_blocking([] { return 9; });
-  });
+  auto h = rt.block_on(
+      []() -> Task<JoinHandle<int>> { co_return tideloop::spawn_blocking([] { return 9; }); });
   EXPECT_EQ(h.join(), 9);
 }
 

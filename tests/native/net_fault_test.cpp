@@ -43,8 +43,9 @@ class Fault : public ::testing::TestWithParam<bool> {
   // without MSG_NOSIGNAL would kill the test binary.
   void SetUp() override { signal(SIGPIPE, SIG_DFL); }
 };
-INSTANTIATE_TEST_SUITE_P(Runtime, Fault, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "MultiThread" : "CurrentThread"; });
+INSTANTIATE_TEST_SUITE_P(Runtime, Fault, ::testing::Values(true, false), [](const auto& info) {
+  return info.param ? "MultiThread" : "CurrentThread";
+});
 
 TEST_P(Fault, ConnectionRefused) {
   auto rt = make_rt(GetParam());
@@ -254,7 +255,8 @@ TEST_P(Fault, ShutdownWithOpenSocketsAndPendingTimersClosesEverything) {
           char b[8];
           (void)co_await c.read(b, sizeof b);  // never answered
         }));
-        hs.push_back(tideloop::spawn([i]() -> Task<> { co_await tideloop::sleep(std::chrono::hours(1 + i)); }));
+        hs.push_back(tideloop::spawn(
+            [i]() -> Task<> { co_await tideloop::sleep(std::chrono::hours(1 + i)); }));
       }
       co_await tideloop::sleep(30ms);
     });

@@ -31,8 +31,9 @@ Runtime make_rt(bool multi) {
 }
 
 class Tcp : public ::testing::TestWithParam<bool> {};
-INSTANTIATE_TEST_SUITE_P(Runtime, Tcp, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "MultiThread" : "CurrentThread"; });
+INSTANTIATE_TEST_SUITE_P(Runtime, Tcp, ::testing::Values(true, false), [](const auto& info) {
+  return info.param ? "MultiThread" : "CurrentThread";
+});
 
 using tltest::echo_server;
 using tltest::loopback;

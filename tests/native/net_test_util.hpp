@@ -1,9 +1,8 @@
 // Helpers shared by the time/io/net tests.
 #pragma once
 
-#include <gtest/gtest.h>
-
 #include <dirent.h>
+#include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
@@ -13,12 +12,12 @@
 
 // ASSERT_* expands to `return`, which a coroutine cannot use: this fails the
 // test and leaves the coroutine. Extra message: CO_ASSERT_TRUE(x, << "why").
-#define CO_ASSERT_TRUE(cond, ...)                              \
-  do {                                                         \
-    if (!(cond)) {                                             \
+#define CO_ASSERT_TRUE(cond, ...)                                \
+  do {                                                           \
+    if (!(cond)) {                                               \
       ADD_FAILURE() << "CO_ASSERT_TRUE(" #cond ") " __VA_ARGS__; \
-      co_return;                                               \
-    }                                                          \
+      co_return;                                                 \
+    }                                                            \
   } while (0)
 
 namespace tltest {

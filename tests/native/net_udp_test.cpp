@@ -22,8 +22,9 @@ Runtime make_rt(bool multi) {
 }
 
 class Udp : public ::testing::TestWithParam<bool> {};
-INSTANTIATE_TEST_SUITE_P(Runtime, Udp, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "MultiThread" : "CurrentThread"; });
+INSTANTIATE_TEST_SUITE_P(Runtime, Udp, ::testing::Values(true, false), [](const auto& info) {
+  return info.param ? "MultiThread" : "CurrentThread";
+});
 
 TEST_P(Udp, SendToAndRecvFrom) {
   auto rt = make_rt(GetParam());
@@ -85,7 +86,8 @@ TEST_P(Udp, PortUnreachableIsConnectionRefused) {
       dead_port = tmp.local_addr().value().port();
     }
     auto a = UdpSocket::bind("127.0.0.1", 0).value();
-    CO_ASSERT_TRUE(a.connect(tideloop::net::UdpEndpoint(asio::ip::make_address("127.0.0.1"), dead_port)));
+    CO_ASSERT_TRUE(
+        a.connect(tideloop::net::UdpEndpoint(asio::ip::make_address("127.0.0.1"), dead_port)));
     CO_ASSERT_TRUE(co_await a.send("x", 1));
     char b[4];
     // The ICMP error arrives asynchronously and is reported by the next call.

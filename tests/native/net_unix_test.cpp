@@ -26,8 +26,9 @@ std::string temp_path(const char* tag) {
 }
 
 class Unix : public ::testing::TestWithParam<bool> {};
-INSTANTIATE_TEST_SUITE_P(Runtime, Unix, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "MultiThread" : "CurrentThread"; });
+INSTANTIATE_TEST_SUITE_P(Runtime, Unix, ::testing::Values(true, false), [](const auto& info) {
+  return info.param ? "MultiThread" : "CurrentThread";
+});
 
 TEST_P(Unix, ListenConnectEcho) {
   auto rt = make_rt(GetParam());

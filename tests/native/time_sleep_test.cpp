@@ -27,7 +27,9 @@ Runtime make_rt(bool multi) {
 
 class BothFlavours : public ::testing::TestWithParam<bool> {};
 INSTANTIATE_TEST_SUITE_P(Runtime, BothFlavours, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "MultiThread" : "CurrentThread"; });
+                         [](const auto& info) {
+                           return info.param ? "MultiThread" : "CurrentThread";
+                         });
 
 TEST_P(BothFlavours, SleepWaitsAtLeastItsDuration) {
   auto rt = make_rt(GetParam());
@@ -139,8 +141,9 @@ TEST_P(BothFlavours, TimeoutPropagatesExceptions) {
 TEST_P(BothFlavours, TimeoutOfAnAwaiterAndNested) {
   auto rt = make_rt(GetParam());
   // A leaf awaiter directly, and a timeout inside a timeout.
-  EXPECT_THROW(rt.block_on([]() -> Task<> { co_await tideloop::timeout(5ms, tideloop::sleep(5s)); }),
-               tideloop::TimedOut);
+  EXPECT_THROW(
+      rt.block_on([]() -> Task<> { co_await tideloop::timeout(5ms, tideloop::sleep(5s)); }),
+      tideloop::TimedOut);
   int v = rt.block_on([]() -> Task<int> {
     co_return co_await tideloop::timeout(500ms, []() -> Task<int> {
       try {
@@ -236,12 +239,43 @@ TEST_P(BothFlavours, ShutdownWithPendingTimersDoesNotHang) {
     auto rt = make_rt(GetParam());
     std::vector<tideloop::JoinHandle<void>> hs;
     for (int i = 0; i < 1000; ++i)
-      hs.push_back(rt.spawn([i]() -> Task<> { co_await tideloop::sleep(std::chrono::seconds(10 + i)); }));
+      hs.push_back(
+          rt.spawn([i]() -> Task<> { co_await tideloop::sleep(std::chrono::seconds(10 + i)); }));
     rt.block_on([]() -> Task<> { co_await tideloop::sleep(5ms); });
     rt.shutdown();
     for (auto& h : hs) EXPECT_THROW(h.join(), tideloop::TaskCancelled);
   }
   EXPECT_LT(Clock::now() - t0, 5s);
+}
+
+TEST_P(BothFlavours, ASleepPolledByAnotherTaskWakesTheLatestPoller) {
+  // A Sleep outside any frame: task A registers it and finishes; task B
+  // awaits it later and must be the one woken (its waker replaces A's).
+  auto rt = make_rt(GetParam());
+  auto s = std::make_shared<tideloop::Sleep>(tideloop::sleep(20ms));
+  rt.block_on([s]() -> Task<> {
+    // (The handle first: GCC 12 miscompiles a capturing lambda temporary
+    // inside a co_await expression.)
+    auto first = tideloop::spawn([s]() -> Task<> {
+      EXPECT_FALSE(s->poll_ready(tideloop::internal::tl_current_task));
+      co_return;
+    });
+    co_await first;
+    // Other timers of this thread share the shard's waker cache meanwhile.
+    for (int i = 0; i < 3; ++i) co_await tideloop::sleep(1ms);
+    const auto t0 = Clock::now();
+    // Await the shared Sleep in place (co_await on an lvalue would copy it
+    // under GCC 12).
+    struct InPlace : tideloop::internal::LeafAwaiter<InPlace> {
+      explicit InPlace(tideloop::Sleep* sl) : s(sl) {}
+      bool poll_ready(tideloop::internal::TaskHeader* t) { return s->poll_ready(t); }
+      void await_resume() { s->await_resume(); }
+      tideloop::Sleep* s;
+    };
+    co_await InPlace(s.get());
+    EXPECT_TRUE(s->is_elapsed());
+    EXPECT_LT(Clock::now() - t0, 1s);
+  });
 }
 
 TEST(TimeMulti, ShutdownFromAnotherThreadWakesABlockOnRoot) {

@@ -56,8 +56,17 @@ TEST(TimerWheel, FiresAtTheTickNotBefore) {
 
 TEST(TimerWheel, CascadesFromHigherLevels) {
   // Deadlines in every level; each must come out exactly at its tick.
-  const std::uint64_t whens[] = {1, 63, 64, 65, 4095, 4096, 262'143, 262'144, 16'777'216,
-                                 1'073'741'824, (std::uint64_t{1} << 35) + 17};
+  const std::uint64_t whens[] = {1,
+                                 63,
+                                 64,
+                                 65,
+                                 4095,
+                                 4096,
+                                 262'143,
+                                 262'144,
+                                 16'777'216,
+                                 1'073'741'824,
+                                 (std::uint64_t{1} << 35) + 17};
   TimerWheel w;
   std::vector<Timer> ts(std::size(whens));
   for (std::size_t i = 0; i < ts.size(); ++i) {

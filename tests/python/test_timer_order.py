@@ -103,7 +103,7 @@ def test_sub_microsecond_deadlines_fire_in_when_order(loop):
 def test_random_deadlines_across_wheel_levels_fire_in_order_never_early(loop):
     rng = random.Random(11)
     start = loop.time()
-    # 60 us .. 80 ms: level 0 to level 3 of the wheel at its 2^-20 s tick.
+    # 0 .. 80 ms: levels 0 to 2 of tideloop's wheel (3.8 us ticks).
     delays = [rng.choice([rng.uniform(0, 0.0001), rng.uniform(0, 0.004), rng.uniform(0, 0.08)])
               for _ in range(400)]
     fired = []
@@ -119,11 +119,12 @@ def test_random_deadlines_across_wheel_levels_fire_in_order_never_early(loop):
 
 
 def test_far_future_timers_fire_in_order_never_early(loop, clock):
-    # Beyond the wheel's 2^36-tick (18.2 h) span, deadlines are clamped into the top level and
-    # re-placed each turn; they must still fire exactly when due, in order.
+    # Hours to days: tideloop's wheel keeps them in its top levels (68 min slots, 72.8 h span);
+    # farther ones wait outside the wheel until they come within its span. They must all fire
+    # when due, in order, and not before.
     log = []
     delays = {"1h": 3600.0, "19h": 19 * 3600.0, "25h": 25 * 3600.0, "1d": DAY, "3d": 3 * DAY,
-              "40d": 40 * DAY}
+              "11.9d": 11.9 * DAY, "13d": 13 * DAY, "40d": 40 * DAY}
     t0 = loop.time()
     handles = {name: loop.call_later(d, _fire_log(loop, log, name)) for name, d in delays.items()}
     for name, h in handles.items():
@@ -316,3 +317,26 @@ def test_timers_do_not_fire_before_their_when_within_one_tick(loop):
     assert len(fired) == 40
     for when, at in fired:
         assert at >= when - 1e-9
+
+
+def test_held_handles_of_fired_and_cancelled_timers_survive_gc_and_close(loop):
+    # tideloop keeps a lazily maintained list of its wheel's timers for the GC: handles that
+    # left the wheel (fired, cancelled) but are still held must stay valid through collections,
+    # more scheduling (which compacts that list) and close().
+    import gc
+    calls = []
+    held = [loop.call_later(0.001 * (i % 5), calls.append, i) for i in range(300)]
+    for h in held[::3]:
+        h.cancel()
+    loop.run_until_complete(_sleep(loop, 0.02))
+    gc.collect()
+    more = [loop.call_later(50 + i, calls.append, -i) for i in range(500)]
+    del held[::2]
+    gc.collect()
+    for h in more[:400]:
+        h.cancel()
+    gc.collect()
+    assert sorted(calls) == sorted(i for i in range(300) if i % 3)
+    loop.close()
+    del more, held
+    gc.collect()

@@ -8,10 +8,11 @@
 //
 // i.e.: while the descriptor is known to be ready, run the system call; on
 // EAGAIN forget that readiness and wait for the next edge; never a system
-// call just to wait. The reactor is Asio's epoll reactor, driven by whichever
-// worker parks in it (runtime/src/io/reactor.hpp); readiness is recorded per
-// descriptor (a bit per direction plus a tick, like Tokio's ScheduledIo) and
-// the task waiting for it is woken onto the local queue of that worker.
+// call just to wait. The reactor is an edge-triggered epoll set nested in the
+// runtime's asio::io_context, driven by whichever worker parks in it
+// (runtime/src/io/reactor.hpp); readiness is recorded per descriptor (a bit
+// per direction plus a tick, like Tokio's ScheduledIo) and the task waiting
+// for it is woken onto the local queue of that worker.
 //
 // Errors follow tideloop/io/result.hpp (std::error_code carrying the errno).
 // Thread-safety: at most one task waits for each direction (read / write) of
@@ -178,7 +179,7 @@ class AsyncFd {
    public:
     ReadyAwaiter(AsyncFd* fd, Interest i) : fd_(fd), interest_(i) {}
     bool poll_ready(internal::TaskHeader* self) {
-      if (!internal::coop_poll_proceed(self)) return false;
+      if (internal::tl_budget == 0 && !internal::coop_poll_proceed(self)) return false;
       std::uint64_t snap = 0;
       switch (fd_->reg_.poll_ready(interest_, self, &snap, &ec_)) {
         case internal::WaitStatus::kPending:
@@ -213,7 +214,7 @@ class AsyncFd {
    public:
     IoAwaiter(AsyncFd* fd, Interest i, F op) : fd_(fd), interest_(i), op_(std::move(op)) {}
     bool poll_ready(internal::TaskHeader* self) {
-      if (!internal::coop_poll_proceed(self)) return false;
+      if (internal::tl_budget == 0 && !internal::coop_poll_proceed(self)) return false;
       for (;;) {
         std::uint64_t snap = 0;
         switch (fd_->reg_.poll_ready(interest_, self, &snap, &ec_)) {

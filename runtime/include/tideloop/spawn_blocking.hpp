@@ -42,8 +42,8 @@ auto spawn_blocking_on(RuntimeCore* core, F&& f) {
 // Runs `f` on the blocking pool of the calling task's runtime. Throws
 // std::logic_error outside a runtime.
 template <class F>
-  requires std::is_invocable_v<std::decay_t<F>&>
-auto spawn_blocking(F&& f) {
+requires std::is_invocable_v < std::decay_t<F>
+& > auto spawn_blocking(F&& f) {
   return internal::spawn_blocking_on(internal::current_core_or_throw(), std::forward<F>(f));
 }
 

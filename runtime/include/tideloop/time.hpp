@@ -79,7 +79,10 @@ struct TimerEntry : TimerWheelNode {
   std::atomic<std::uint8_t> state{kIdle};
   // Runner-only: the task whose waker is stored (skips re-cloning it).
   TaskHeader* registered_task = nullptr;
-  Waker waker;  // guarded by shard's lock while kRegistered
+  // Guarded by the shard's lock while kRegistered: the waker to wake, or
+  // (cached_waker) a share of the shard's cached waker of the same task.
+  Waker waker;
+  bool cached_waker = false;
 };
 
 // True when the entry fired (or the runtime shut down); otherwise it is
@@ -164,7 +167,9 @@ Sleep sleep(std::chrono::duration<Rep, Period> d) {
   return Sleep(internal::saturating_add(now, std::chrono::duration_cast<Duration>(d)), now);
 }
 // Completes at `deadline`.
-inline Sleep sleep_until(Instant deadline) { return Sleep(deadline); }
+inline Sleep sleep_until(Instant deadline) {
+  return Sleep(deadline);
+}
 
 // Runs `inner` on the awaiting task (no spawn) and races it against a
 // deadline: the inner task's value (or exception) if it completes first,
@@ -233,8 +238,8 @@ class [[nodiscard]] Timeout : public internal::LeafAwaiter<Timeout<T>> {
 
 template <class T, class Rep, class Period>
 Timeout<T> timeout(std::chrono::duration<Rep, Period> d, Task<T> inner) {
-  return Timeout<T>(std::move(inner),
-                    internal::saturating_add(Clock::now(), std::chrono::duration_cast<Duration>(d)));
+  return Timeout<T>(std::move(inner), internal::saturating_add(
+                                          Clock::now(), std::chrono::duration_cast<Duration>(d)));
 }
 template <class T>
 Timeout<T> timeout_at(Instant deadline, Task<T> inner) {
@@ -251,8 +256,9 @@ auto await_as_task(A a) -> Task<decltype(std::declval<A&>().await_resume())> {
 // timeout() for any awaiter that is not a Task (e.g. stream.read(buf)):
 // wrapped in a coroutine first (one frame allocation).
 template <class A, class Rep, class Period>
-  requires(!internal::IsTask<std::decay_t<A>>::value) &&
-          requires(A& a) { a.await_resume(); }
+requires(!internal::IsTask<std::decay_t<A>>::value) && requires(A& a) {
+  a.await_resume();
+}
 auto timeout(std::chrono::duration<Rep, Period> d, A&& awaiter) {
   return timeout(d, internal::await_as_task(std::forward<A>(awaiter)));
 }
@@ -267,8 +273,7 @@ enum class MissedTickBehavior {
 // Ticks every `period`; the first tick completes immediately.
 class Interval {
  public:
-  Interval(Instant start, Duration period,
-           MissedTickBehavior behavior = MissedTickBehavior::kBurst)
+  Interval(Instant start, Duration period, MissedTickBehavior behavior = MissedTickBehavior::kBurst)
       : period_(period), behavior_(behavior), sleep_(start) {
     if (period <= Duration::zero())
       throw std::invalid_argument("tideloop: interval period must be positive");

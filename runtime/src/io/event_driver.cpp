@@ -11,7 +11,9 @@
 namespace tideloop::internal {
 
 namespace {
-std::int64_t now_ns() noexcept { return to_ns(Clock::now()); }
+std::int64_t now_ns() noexcept {
+  return to_ns(Clock::now());
+}
 
 BlockingPool::Options pool_options(const RuntimeConfig& cfg) {
   BlockingPool::Options o;

@@ -5,7 +5,7 @@
 //
 // park(timeout): fire due timers; if that woke tasks, only poll I/O;
 // otherwise sleep in the reactor until the earlier of `timeout` and the next
-// timer deadline (or an unpark), run the ready I/O handlers, fire timers
+// timer deadline (or an unpark), dispatch the I/O readiness events, fire timers
 // again. Every wake-up it causes lands on the calling worker's local queue.
 //
 // One per runtime, created by the scheduler's constructor (both flavours)

@@ -128,7 +128,8 @@ std::size_t Reactor::harvest() {
     return 0;
   }
   for (int i = 0; i < n; ++i) {
-    if (auto* st = static_cast<IoState*>(events_[i].data.ptr)) st->set_ready(bits_of(events_[i].events));
+    if (auto* st = static_cast<IoState*>(events_[i].data.ptr))
+      st->set_ready(bits_of(events_[i].events));
   }
   // A full batch may have left events behind; the outer (edge-triggered)
   // registration will not report them again, so look before sleeping.
@@ -284,7 +285,8 @@ WaitStatus IoRegistration::poll_ready_slow(Interest i, TaskHeader* self, std::ui
     }
     return WaitStatus::kPending;
   };
-  if (WaitStatus w = check(st->readiness.load(std::memory_order_acquire)); w != WaitStatus::kPending)
+  if (WaitStatus w = check(st->readiness.load(std::memory_order_acquire));
+      w != WaitStatus::kPending)
     return w;
   {
     auto& wt = st->waiters[static_cast<int>(i)];

@@ -29,7 +29,7 @@
 // Asio's reactor never tells an operation which events fired, so it cannot
 // keep a sticky EOF bit, without which the short-read shortcut loses a FIN
 // that arrived together with the data (a hang, caught by the half-close
-// test). Both were tried; see the report in the commit history.
+// test). Both were built and measured before this design was chosen.
 //
 // Lifetime: IoState is refcounted (the owning socket, the epoll
 // registration). A registration's reference is released by the driver only
@@ -40,11 +40,13 @@
 // and wakes its waiters.
 #pragma once
 
+// clang-format off
 // io_context first: Asio's detail headers rely on its include order.
 #include <asio/io_context.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/detail/reactor.hpp>
 #include <asio/detail/reactor_op.hpp>
+// clang-format on
 #include <sys/epoll.h>
 
 #include <atomic>
@@ -129,8 +131,8 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
 
    private:
     static status do_perform(asio::detail::reactor_op*) { return not_done; }
-    static void do_complete(void*, asio::detail::operation*, const asio::error_code&,
-                            std::size_t) {}
+    static void do_complete(void*, asio::detail::operation*, const asio::error_code&, std::size_t) {
+    }
   };
 
   // Collects socket events (non-blocking) and dispatches them.
@@ -142,15 +144,15 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   asio::detail::reactor& asio_reactor_;
   asio::detail::reactor::per_descriptor_data nested_data_ = nullptr;
   NestedOp nested_op_;
-  const int ep_;        // the sockets' epoll set
-  const int timer_fd_;  // in ep_: bounds a park's wait (driver thread only)
+  const int ep_;                            // the sockets' epoll set
+  const int timer_fd_;                      // in ep_: bounds a park's wait (driver thread only)
   std::vector<struct epoll_event> events_;  // driver thread only
   bool maybe_more_ = false;                 // driver thread only: last harvest was full
   std::atomic<int> park_state_{kIdle};
   std::mutex reg_mu_;
-  IoState* reg_head_ = nullptr;          // guarded by reg_mu_
-  bool shutdown_ = false;                // guarded by reg_mu_
-  std::vector<IoState*> release_;        // guarded by reg_mu_: deregistered, ref to drop
+  IoState* reg_head_ = nullptr;    // guarded by reg_mu_
+  bool shutdown_ = false;          // guarded by reg_mu_
+  std::vector<IoState*> release_;  // guarded by reg_mu_: deregistered, ref to drop
   std::atomic<bool> has_release_{false};
 };
 

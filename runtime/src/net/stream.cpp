@@ -1,16 +1,17 @@
 // The system-call side of stream sockets: read/write loops, accept with
 // resource backoff, non-blocking connect. Shared by TCP and Unix sockets.
-#include <asio/error.hpp>
+#include "tideloop/net/stream.hpp"
+
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <asio/error.hpp>
 #include <cerrno>
 
 #include "io/reactor.hpp"
-#include "tideloop/net/stream.hpp"
 
 namespace tideloop::net {
 
@@ -30,14 +31,20 @@ inline ssize_t raw_send(int fd, const void* buf, std::size_t len) {
 }  // namespace
 
 bool StreamSocket::IoOp::poll_ready(TaskHeader* self) {
-  if (!tideloop::internal::coop_poll_proceed(self)) return false;
-  const bool writing = kind_ == Kind::kWrite || kind_ == Kind::kWriteAll;
-  const bool all = kind_ == Kind::kReadExact || kind_ == Kind::kWriteAll;
-  const Interest in = writing ? Interest::kWrite : Interest::kRead;
+  if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
+    return false;
+  const bool done =
+      (kind_ == Kind::kRead || kind_ == Kind::kReadExact) ? poll_read(self) : poll_write(self);
+  if (done) tideloop::internal::coop_spend();
+  return done;
+}
+
+bool StreamSocket::IoOp::poll_read(TaskHeader* self) {
+  const bool all = kind_ == Kind::kReadExact;
   const int fd = io_->fd();
   for (;;) {
     std::uint64_t snap = 0;
-    switch (io_->poll_ready(in, self, &snap, &ec_)) {
+    switch (io_->poll_ready(Interest::kRead, self, &snap, &ec_)) {
       case WaitStatus::kPending:
         return false;
       case WaitStatus::kError:
@@ -46,33 +53,65 @@ bool StreamSocket::IoOp::poll_ready(TaskHeader* self) {
         break;
     }
     const std::size_t want = len_ - done_;
-    const ssize_t n = writing ? raw_send(fd, buf_ + done_, want) : raw_recv(fd, buf_ + done_, want);
+    const ssize_t n = raw_recv(fd, buf_ + done_, want);
     if (n > 0) {
       done_ += static_cast<std::size_t>(n);
-      // Less than asked: the socket buffer is drained (read) or full
-      // (write). With edge-triggered epoll a new edge will report the next
-      // change, so skip the syscall that would only say EAGAIN.
-      if (static_cast<std::size_t>(n) < want) io_->clear_drained(in, snap);
-      if (!all || done_ == len_) break;
+      // Less than asked: the socket buffer is drained. With edge-triggered
+      // epoll a new edge reports the next data, so the next read waits
+      // instead of spending a syscall on EAGAIN. (A FIN that came with the
+      // data is kept by the sticky read-closed bit.)
+      if (static_cast<std::size_t>(n) < want) io_->clear_drained(Interest::kRead, snap);
+      if (!all || done_ == len_) return true;
       continue;
     }
     if (n == 0) {
       // End of stream (or a zero-length request).
-      if (kind_ == Kind::kReadExact && done_ < len_)
-        ec_ = asio::error::make_error_code(asio::error::eof);
-      break;
+      if (all && done_ < len_) ec_ = asio::error::make_error_code(asio::error::eof);
+      return true;
     }
     const int e = errno;
     if (e == EINTR) continue;
     if (e == EAGAIN || e == EWOULDBLOCK) {
-      io_->clear_ready(in, snap);
+      io_->clear_ready(Interest::kRead, snap);
       continue;
     }
     ec_ = errno_code(e);
-    break;
+    return true;
   }
-  tideloop::internal::coop_spend();
-  return true;
+}
+
+bool StreamSocket::IoOp::poll_write(TaskHeader* self) {
+  const bool all = kind_ == Kind::kWriteAll;
+  const int fd = io_->fd();
+  for (;;) {
+    std::uint64_t snap = 0;
+    switch (io_->poll_ready(Interest::kWrite, self, &snap, &ec_)) {
+      case WaitStatus::kPending:
+        return false;
+      case WaitStatus::kError:
+        return true;
+      case WaitStatus::kReady:
+        break;
+    }
+    const std::size_t want = len_ - done_;
+    const ssize_t n = raw_send(fd, buf_ + done_, want);
+    if (n > 0) {
+      done_ += static_cast<std::size_t>(n);
+      // Less than asked: the send buffer is full; a new edge reports space.
+      if (static_cast<std::size_t>(n) < want) io_->clear_drained(Interest::kWrite, snap);
+      if (!all || done_ == len_) return true;
+      continue;
+    }
+    if (n == 0) return true;  // a zero-length write
+    const int e = errno;
+    if (e == EINTR) continue;
+    if (e == EAGAIN || e == EWOULDBLOCK) {
+      io_->clear_ready(Interest::kWrite, snap);
+      continue;
+    }
+    ec_ = errno_code(e);
+    return true;
+  }
 }
 
 Result<void> StreamSocket::shutdown(Shutdown how) {
@@ -92,9 +131,8 @@ bool is_resource_error(int e) {
 // Errors of one pending connection, not of the listener (accept(2), "Error
 // handling"): skip that connection and take the next.
 bool is_connection_error(int e) {
-  return e == ECONNABORTED || e == EPROTO || e == ENETDOWN || e == ENOPROTOOPT ||
-         e == EHOSTDOWN || e == ENONET || e == EHOSTUNREACH || e == EOPNOTSUPP ||
-         e == ENETUNREACH || e == EPERM;
+  return e == ECONNABORTED || e == EPROTO || e == ENETDOWN || e == ENOPROTOOPT || e == EHOSTDOWN ||
+         e == ENONET || e == EHOSTUNREACH || e == EOPNOTSUPP || e == ENETUNREACH || e == EPERM;
 }
 }  // namespace
 
@@ -131,7 +169,7 @@ int accept_poll(tideloop::internal::IoRegistration& lst, AcceptBackoff& backoff,
     }
     if (is_resource_error(e)) {
       backoff.delay = backoff.delay == Duration::zero() ? kBackoffFirst
-                                                         : std::min(backoff.delay * 2, kBackoffMax);
+                                                        : std::min(backoff.delay * 2, kBackoffMax);
       backoff.retry_at = Clock::now() + backoff.delay;
     }
     *ec = errno_code(e);

@@ -14,7 +14,7 @@ namespace tideloop::net {
 
 namespace {
 Result<tideloop::internal::IoRegistration> listen_socket(const sockaddr* addr, socklen_t len,
-                                                          int backlog) {
+                                                         int backlog) {
   const int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return last_errno_code();
   if (addr->sa_family == AF_INET || addr->sa_family == AF_INET6) {
@@ -75,8 +75,7 @@ Task<Result<TcpStream>> TcpStream::connect(std::string host, std::uint16_t port)
 
 Result<void> TcpStream::set_nodelay(bool on) {
   const int v = on ? 1 : 0;
-  if (::setsockopt(io_.fd(), IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) != 0)
-    return last_errno_code();
+  if (::setsockopt(io_.fd(), IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) != 0) return last_errno_code();
   return {};
 }
 

@@ -12,8 +12,7 @@ using tideloop::internal::TaskHeader;
 using tideloop::internal::WaitStatus;
 
 Result<UdpSocket> UdpSocket::bind(const Endpoint& ep) {
-  const int fd =
-      ::socket(ep.data()->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int fd = ::socket(ep.data()->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return last_errno_code();
   if (::bind(fd, ep.data(), static_cast<socklen_t>(ep.size())) != 0) {
     const std::error_code ec = last_errno_code();
@@ -47,13 +46,13 @@ Result<UdpSocket::Endpoint> UdpSocket::peer_addr() const {
 
 Result<void> UdpSocket::set_broadcast(bool on) {
   const int v = on ? 1 : 0;
-  if (::setsockopt(io_.fd(), SOL_SOCKET, SO_BROADCAST, &v, sizeof v) != 0)
-    return last_errno_code();
+  if (::setsockopt(io_.fd(), SOL_SOCKET, SO_BROADCAST, &v, sizeof v) != 0) return last_errno_code();
   return {};
 }
 
 bool UdpSocket::DatagramOp::poll_ready(TaskHeader* self) {
-  if (!tideloop::internal::coop_poll_proceed(self)) return false;
+  if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
+    return false;
   const bool sending = kind_ == Kind::kSend || kind_ == Kind::kSendTo;
   const Interest in = sending ? Interest::kWrite : Interest::kRead;
   const int fd = io_->fd();
@@ -69,7 +68,8 @@ bool UdpSocket::DatagramOp::poll_ready(TaskHeader* self) {
     }
     ssize_t n;
     if (kind_ == Kind::kSendTo) {
-      n = ::sendto(fd, buf_, len_, MSG_NOSIGNAL, peer_.data(), static_cast<socklen_t>(peer_.size()));
+      n = ::sendto(fd, buf_, len_, MSG_NOSIGNAL, peer_.data(),
+                   static_cast<socklen_t>(peer_.size()));
     } else if (kind_ == Kind::kSend) {
       n = ::send(fd, buf_, len_, MSG_NOSIGNAL);
     } else if (kind_ == Kind::kRecvFrom) {

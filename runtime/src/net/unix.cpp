@@ -11,8 +11,7 @@ Result<UnixListener> UnixListener::bind(std::string_view path, int backlog) {
   const Endpoint ep(path);
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return last_errno_code();
-  if (::bind(fd, ep.data(), static_cast<socklen_t>(ep.size())) != 0 ||
-      ::listen(fd, backlog) != 0) {
+  if (::bind(fd, ep.data(), static_cast<socklen_t>(ep.size())) != 0 || ::listen(fd, backlog) != 0) {
     const std::error_code ec = last_errno_code();
     ::close(fd);
     return ec;

@@ -2,11 +2,11 @@
 // time_driver.hpp for the sharding and the driver protocol.
 #include "time/time_driver.hpp"
 
-#include "io/event_driver.hpp"
-
 #include <algorithm>
 #include <bit>
 #include <mutex>
+
+#include "io/event_driver.hpp"
 
 namespace tideloop::internal {
 
@@ -22,7 +22,9 @@ std::uint32_t thread_slot() noexcept {
   return tl_thread_slot;
 }
 
-std::int64_t now_ns() noexcept { return to_ns(Clock::now()); }
+std::int64_t now_ns() noexcept {
+  return to_ns(Clock::now());
+}
 }  // namespace
 
 // --- near heap: a binary min-heap on deadline_ns with back-indices ---
@@ -107,10 +109,36 @@ TimerShard& TimeDriver::shard_for_current_thread() noexcept {
   return *shards_[thread_slot() & shard_mask_];
 }
 
+void TimeDriver::attach_waker(TimerShard& s, TimerEntry& e, TaskHeader* self, Waker* evicted) {
+  if (s.cache_task == self) {
+    ++s.cache_users;
+    e.cached_waker = true;
+  } else if (s.cache_users == 0) {
+    *evicted = std::move(s.cache_waker);
+    s.cache_waker = self->waker();
+    s.cache_task = self;
+    s.cache_users = 1;
+    e.cached_waker = true;
+  } else {
+    e.waker = self->waker();
+    e.cached_waker = false;
+  }
+}
+
+void TimeDriver::detach_waker(TimerShard& s, TimerEntry& e, Waker* out) noexcept {
+  if (e.cached_waker) {
+    e.cached_waker = false;
+    --s.cache_users;
+  } else {
+    *out = std::move(e.waker);
+  }
+}
+
 bool TimeDriver::register_entry(TimerEntry& e, TaskHeader* self) {
   TimerShard& s = shard_for_current_thread();
   std::int64_t fire_at;
   bool lowered = false;
+  Waker evicted;  // dropped after unlocking
   {
     std::lock_guard<SpinLock> g(s.lock);
     if (s.shutdown) {
@@ -139,7 +167,7 @@ bool TimeDriver::register_entry(TimerEntry& e, TaskHeader* self) {
       fire_at = tick_time(tick);
     }
     e.shard = &s;
-    e.waker = self->waker();
+    attach_waker(s, e, self, &evicted);
     e.registered_task = self;
     e.state.store(TimerEntry::kRegistered, std::memory_order_relaxed);
     if (fire_at < s.next_deadline.load(std::memory_order_relaxed)) {
@@ -154,8 +182,13 @@ bool TimeDriver::register_entry(TimerEntry& e, TaskHeader* self) {
 }
 
 void TimeDriver::fire_locked(TimerShard& s, TimerEntry* e, std::uint8_t state) {
-  (void)s;
-  fired_.push_back(std::move(e->waker));
+  if (e->cached_waker) {
+    fired_.push_back(s.cache_waker);  // a clone: the cache keeps its own
+    e->cached_waker = false;
+    --s.cache_users;
+  } else {
+    fired_.push_back(std::move(e->waker));
+  }
   // (registered_task belongs to the task's runner; a fired entry is never
   // compared with it again.)
   // safety: the last access to *e; after this store its owner may free it.
@@ -207,7 +240,9 @@ std::int64_t TimeDriver::begin_sleep(std::int64_t until) noexcept {
   return until;
 }
 
-void TimeDriver::end_sleep() noexcept { sleep_until_.store(kNotSleeping, std::memory_order_seq_cst); }
+void TimeDriver::end_sleep() noexcept {
+  sleep_until_.store(kNotSleeping, std::memory_order_seq_cst);
+}
 
 void TimeDriver::shutdown() {
   std::vector<Waker> wakers;
@@ -224,6 +259,9 @@ void TimeDriver::shutdown() {
     s.next_deadline.store(kNever, std::memory_order_seq_cst);
     for (auto& w : fired_) wakers.push_back(std::move(w));
     fired_.clear();
+    wakers.push_back(std::move(s.cache_waker));  // dropped (a no-op wake) below
+    s.cache_task = nullptr;
+    s.cache_users = 0;
   }
   for (auto& w : wakers) w.wake();
 }
@@ -246,11 +284,13 @@ bool timer_poll(TimerEntry& e, TaskHeader* self) {
     if (e.registered_task == self) return false;  // our waker is in place
     // Polled by another task now: swap the waker under the lock.
     Waker w = self->waker();
+    Waker old;
     TimerShard* s = e.shard;
     {
       std::lock_guard<SpinLock> g(s->lock);
       if (e.state.load(std::memory_order_relaxed) != TimerEntry::kRegistered) return true;
-      std::swap(e.waker, w);
+      TimeDriver::detach_waker(*s, e, &old);
+      e.waker = std::move(w);
       e.registered_task = self;
     }
     return false;  // the old waker drops outside the lock
@@ -277,7 +317,7 @@ void timer_cancel(TimerEntry& e) noexcept {
     } else {
       s->wheel.remove(&e);
     }
-    w = std::move(e.waker);
+    TimeDriver::detach_waker(*s, e, &w);
     e.registered_task = nullptr;
     e.state.store(TimerEntry::kIdle, std::memory_order_relaxed);
   }

@@ -46,6 +46,14 @@ class alignas(64) TimerShard {
   TimerWheel wheel;
   std::vector<TimerEntry*> near;  // min-heap on deadline_ns
   bool shutdown = false;
+  // A one-slot waker cache (guarded by lock): the timers of the task whose
+  // waker sits here share it (counted in cache_users) instead of cloning
+  // their own, so a task that keeps creating and dropping timers (a timeout
+  // around every read) does no refcount traffic. The slot is replaced only
+  // when unused; it keeps its task's block allocated until then.
+  TaskHeader* cache_task = nullptr;
+  Waker cache_waker;
+  std::uint32_t cache_users = 0;
   // Lower bound of the earliest fire time (ns) in this shard, kNever when
   // empty. Written under lock; read without it by the driver to skip shards.
   std::atomic<std::int64_t> next_deadline{kNever};
@@ -94,6 +102,12 @@ class TimeDriver {
   std::int64_t tick_time(std::uint64_t tick) const noexcept {
     return origin_ns_ + static_cast<std::int64_t>(tick) * kTickNs;
   }
+
+  // Under s.lock: gives e self's waker, from the cache when possible. May
+  // leave a replaced waker in *evicted, to drop after unlocking.
+  static void attach_waker(TimerShard& s, TimerEntry& e, TaskHeader* self, Waker* evicted);
+  // Under s.lock: takes e's waker away (into *out unless it was a cache share).
+  static void detach_waker(TimerShard& s, TimerEntry& e, Waker* out) noexcept;
 
  private:
   TimerShard& shard_for_current_thread() noexcept;

@@ -25,8 +25,7 @@ std::optional<TimerWheel::Expiration> TimerWheel::next_expiration_detail() const
   for (int level = 0; level < kLevels; ++level) {
     const std::uint64_t occ = levels_[level].occupied;
     if (occ == 0) continue;
-    const unsigned now_slot =
-        static_cast<unsigned>((elapsed_ / slot_range(level)) & kSlotMask);
+    const unsigned now_slot = static_cast<unsigned>((elapsed_ / slot_range(level)) & kSlotMask);
     const int zeros = __builtin_ctzll(rotr(occ, now_slot));
     const int slot = static_cast<int>((static_cast<unsigned>(zeros) + now_slot) & kSlotMask);
     const std::uint64_t level_start = elapsed_ & ~(level_range(level) - 1);

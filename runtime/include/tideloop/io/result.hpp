@@ -22,8 +22,12 @@
 
 namespace tideloop {
 
-inline std::error_code errno_code(int e) noexcept { return {e, std::system_category()}; }
-inline std::error_code last_errno_code() noexcept { return errno_code(errno); }
+inline std::error_code errno_code(int e) noexcept {
+  return {e, std::system_category()};
+}
+inline std::error_code last_errno_code() noexcept {
+  return errno_code(errno);
+}
 
 template <class T>
 class [[nodiscard]] Result {
@@ -38,9 +42,7 @@ class [[nodiscard]] Result {
   bool ok() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }
   // The error, or a default (success) code when ok().
-  std::error_code error() const noexcept {
-    return ok() ? std::error_code() : std::get<1>(v_);
-  }
+  std::error_code error() const noexcept { return ok() ? std::error_code() : std::get<1>(v_); }
 
   // The value; throws std::system_error(error()) otherwise.
   T& value() & {
@@ -71,7 +73,7 @@ template <>
 class [[nodiscard]] Result<void> {
  public:
   Result() = default;
-  Result(std::error_code ec) : ec_(ec) {}  // NOLINT
+  Result(std::error_code ec) : ec_(ec) {}                // NOLINT
   Result(std::errc e) : ec_(std::make_error_code(e)) {}  // NOLINT
   bool ok() const noexcept { return !ec_; }
   explicit operator bool() const noexcept { return ok(); }

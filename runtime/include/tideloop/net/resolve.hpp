@@ -10,7 +10,6 @@
 #pragma once
 
 #include <asio/ip/tcp.hpp>
-
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,8 +20,8 @@
 namespace tideloop::net {
 
 Task<Result<std::vector<asio::ip::tcp::endpoint>>> lookup_host(std::string host,
-                                                              std::uint16_t port);
+                                                               std::uint16_t port);
 Task<Result<std::vector<asio::ip::tcp::endpoint>>> lookup_host(std::string host,
-                                                              std::string service);
+                                                               std::string service);
 
 }  // namespace tideloop::net

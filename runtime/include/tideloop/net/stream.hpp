@@ -47,6 +47,8 @@ class StreamSocket {
     }
 
    private:
+    bool poll_read(tideloop::internal::TaskHeader* self);
+    bool poll_write(tideloop::internal::TaskHeader* self);
     tideloop::internal::IoRegistration* io_;
     std::byte* buf_;
     std::size_t len_;
@@ -137,7 +139,8 @@ class [[nodiscard]] AcceptAwaiter
  public:
   AcceptAwaiter(tideloop::internal::IoRegistration* lst, AcceptBackoff* bo) : lst_(lst), bo_(bo) {}
   bool poll_ready(tideloop::internal::TaskHeader* self) {
-    if (!tideloop::internal::coop_poll_proceed(self)) return false;
+    if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
+      return false;
     socklen_t len = static_cast<socklen_t>(peer_.capacity());
     const int fd = accept_poll(*lst_, *bo_, sleep_, self, peer_.data(), &len, &ec_);
     if (fd == kAcceptPending) return false;
@@ -174,9 +177,10 @@ class [[nodiscard]] ConnectAwaiter
  public:
   explicit ConnectAwaiter(const Endpoint& ep) : ep_(ep) {}
   bool poll_ready(tideloop::internal::TaskHeader* self) {
-    if (!tideloop::internal::coop_poll_proceed(self)) return false;
-    const int r = connect_poll(reg_, st_, ep_.data(), static_cast<socklen_t>(ep_.size()), self,
-                               &ec_);
+    if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
+      return false;
+    const int r =
+        connect_poll(reg_, st_, ep_.data(), static_cast<socklen_t>(ep_.size()), self, &ec_);
     if (r == 0) return false;
     tideloop::internal::coop_spend();
     return true;

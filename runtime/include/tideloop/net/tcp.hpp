@@ -15,7 +15,6 @@
 #pragma once
 
 #include <asio/ip/tcp.hpp>
-
 #include <cstdint>
 #include <string>
 #include <string_view>

@@ -11,7 +11,6 @@
 #pragma once
 
 #include <asio/ip/udp.hpp>
-
 #include <cstddef>
 #include <cstdint>
 #include <string_view>

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <asio/local/stream_protocol.hpp>
-
 #include <string>
 #include <string_view>
 #include <utility>
