@@ -2,7 +2,9 @@
 // the runtime's I/O driver uses: an asio::io_context, each watched fd an
 // asio::posix::stream_descriptor with async_wait(wait_read / wait_write), the wait
 // io_context::run_one_for(timeout) (the caller has released the GIL), then poll() for the rest
-// of the batch. Built with -DTIDELOOP_BRIDGE_REACTOR=asio; epoll is the default (why: poller.hpp).
+// of the batch. Built with -DTIDELOOP_BRIDGE_REACTOR=asio; epoll is the default (why, with
+// numbers: poller.hpp). -DTIDELOOP_BRIDGE_ASIO_TIMERFD ends the wait with an asio::steady_timer
+// (the reactor's timerfd, nanoseconds) instead of run_one_for's millisecond timeout.
 //
 // Semantics kept from EpollPoller:
 //  * level-triggered: Asio registers descriptors edge-triggered (EPOLLET) and completes a wait
@@ -90,9 +92,9 @@ class AsioPoller {
     return 0;
   }
 
-  // Blocks up to timeout_ns (-1: forever, 0: poll). Returns the number of events (never -1:
-  // Asio retries an interrupted epoll_wait itself; a signal ends the wait through the signal
-  // wakeup socket, which the loop watches).
+  // Blocks up to timeout_ns (-1: forever, 0: poll). Returns the number of events, -1 only when
+  // closed (Asio retries an interrupted epoll_wait itself; a signal ends the wait through the
+  // signal wakeup socket, which the loop watches while it runs on the main thread).
   int wait(epoll_event* events, int max_events, std::int64_t timeout_ns) {
     if (io_ == nullptr) {
       errno = EBADF;

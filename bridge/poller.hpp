@@ -11,12 +11,17 @@
 // Two implementations, chosen at build time (-DTIDELOOP_BRIDGE_REACTOR=epoll|asio):
 //  * EpollPoller (default): one epoll set, level-triggered, waited on with epoll_pwait2.
 //  * AsioPoller (asio_poller.hpp): the same on the runtime's reactor, asio::io_context.
-// Measured side by side (bench numbers in docs/python-api.md): Asio's reactor is
-// edge-triggered, so level-triggered readiness costs an epoll_ctl(MOD) re-arm per reported fd
-// and per wake-up, an async_wait allocates and queues an operation, io_context::run_one_for
-// rounds sub-millisecond timeouts up to whole milliseconds (1 ms waits for timers 15 us away),
-// and collecting the rest of a batch after run_one costs another epoll_wait(0). epoll stays the
-// default for those reasons; the lead decides whether to change the architecture map.
+// Why epoll stays the default (measured side by side, docs/python-api.md): where the reactor is
+// idle (empty iterations, call_soon, call_soon_threadsafe from 1-8 threads) both are even; where
+// it works, Asio costs more for structural reasons. Its epoll registration is edge-triggered,
+// so asyncio's level-triggered readiness needs an epoll_ctl(MOD) re-arm per reported fd, and
+// collecting the rest of a batch after run_one_for is another epoll_wait(0): per add_reader echo
+// round trip 2 epoll_pwait2 here vs 4 epoll_wait + 2 epoll_ctl there (+27% time), per
+// level-triggered callback 1 vs 3 syscalls (+61%). run_one_for rounds its timeout up to whole
+// milliseconds (+42% wall time for 500 tasks sleeping 0-2 ms); ending the wait with a
+// steady_timer instead costs a timerfd_settime per wait (+56% CPU on that workload). A wake-up
+// from another thread costs one more epoll_ctl (5.8 vs 7.5 us per call_soon_threadsafe
+// ping-pong).
 //
 // EpollPoller timeouts are nanoseconds: epoll_pwait2 keeps sub-millisecond timer deadlines
 // exact; on kernels without it we fall back to epoll_wait with the timeout rounded *up* to a

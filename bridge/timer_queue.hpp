@@ -11,10 +11,9 @@
 // Mapping. A tick is 2^-18 s (3.8 us): tick(t) = floor(t * 2^18), exact in binary floating
 // point. Level L of the wheel has slots of 64^L ticks: 3.8 us, 244 us, 15.6 ms, 1 s, 64 s,
 // 68 min; it spans 2^36 ticks = 72.8 h. (Ticks of 2^-10 .. 2^-20 s were measured on bench/python
-// workloads: within noise of each other except on a burst of 50k timers, where 2^-16 s and
-// coarser lost 5-15% to sorting bigger per-tick groups and to more timers passing through
-// `due_`; 2^-20 s puts the far threshold at 18 h instead of 3 days. Numbers in
-// docs/python-api.md.)
+// workloads: within noise of each other except 2^-16 s, 8-12% slower on a burst of 50k timers
+// from sorting larger per-tick groups; 2^-20 s would put the far threshold at 18 h instead of
+// 3 days. Numbers in docs/python-api.md.)
 //
 // Three homes, O(1) in the common case:
 //  * the wheel: insert and cancel are O(1) (cancel unlinks at once: no lazy clean-up);

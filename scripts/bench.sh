@@ -23,7 +23,7 @@ $PY bench/compare_native.py --build build "${QUICK[@]}" \
   --plot bench/results/native.png
 if [[ -f bench/python/run_all.py ]]; then
   echo "[bench] python: asyncio vs uvloop vs tideloop"
-  $PY bench/python/run_all.py --build build "${QUICK[@]}" \
-    --md bench/results/python.md --json bench/results/python.json
+  $PY bench/python/run_all.py --build build "${QUICK[@]}" --md \
+    --plot bench/results/python-scaling.png | tee bench/results/python.md
 fi
 echo "[bench] results: bench/results/"
