@@ -148,4 +148,54 @@ TEST(NetStress, AbortsFromOutsideAndShutdownMidTraffic) {
   EXPECT_EQ(tltest::count_fds(), fds_before);
 }
 
+TEST(NetStress, BlockOnAcceptLoopNoticesItsStopFlag) {
+  // The echo example's main loop, from a block_on root (not a worker):
+  // timeout(accept) in a loop while connections come and go, and a flag set
+  // from another thread (like a signal handler) must be noticed within one
+  // timeout. Two spinning threads oversubscribe the cores so that workers
+  // and the root get preempted at arbitrary points.
+  std::atomic<bool> spin{true};
+  std::vector<std::thread> spinners;
+  for (int i = 0; i < 2; ++i)
+    spinners.emplace_back([&] {
+      while (spin.load(std::memory_order_relaxed)) std::this_thread::yield();
+    });
+  for (int round = 0; round < 6 * kScale; ++round) {
+    auto rt = Runtime::Builder::multi_thread().worker_threads(2).build();
+    std::atomic<bool> stop{false};
+    std::atomic<long> stopped_at{0};
+    std::thread setter([&, round] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20 + (round * 7) % 40));
+      stopped_at = tideloop::Clock::now().time_since_epoch().count();
+      stop = true;
+    });
+    rt.block_on([&]() -> Task<> {
+      auto l = TcpListener::bind("127.0.0.1", 0).value();
+      const auto addr = l.local_addr().value();
+      auto clients = tideloop::spawn([addr, &stop]() -> Task<> {
+        std::vector<char> out(32 * 1024, 'c'), back(out.size());
+        while (!stop.load()) {
+          auto c = co_await TcpStream::connect(addr);
+          if (!c) co_return;
+          if (!(co_await c->write_all(out.data(), out.size()))) co_return;
+          if (!(co_await c->read_exact(back.data(), back.size()))) co_return;
+        }
+      });
+      while (!stop.load()) {
+        try {
+          auto r = co_await tideloop::timeout(2ms, l.accept());
+          if (r) tideloop::spawn(tltest::echo_conn(std::move(r->first))).detach();
+        } catch (const tideloop::TimedOut&) {
+        }
+      }
+      clients.abort();
+    });
+    const auto late = tideloop::Clock::now().time_since_epoch().count() - stopped_at.load();
+    setter.join();
+    EXPECT_LT(late, std::chrono::nanoseconds(500ms).count()) << "round " << round;
+  }
+  spin = false;
+  for (auto& t : spinners) t.join();
+}
+
 }  // namespace
