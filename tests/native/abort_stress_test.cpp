@@ -14,22 +14,9 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define TL_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TL_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define TL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TL_ASAN 1
-#endif
-#endif
 
 namespace {
 
@@ -66,39 +53,7 @@ struct Tracked {
   }
 };
 
-// A one-shot event: tasks await it, any thread opens it (waking by value).
-class Gate {
- public:
-  void open() {
-    tideloop::Waker w;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      open_ = true;
-      w = std::move(waker_);
-    }
-    w.wake();
-  }
-  class Awaiter : public tideloop::internal::LeafAwaiter<Awaiter> {
-   public:
-    explicit Awaiter(Gate* g) : g_(g) {}
-    bool poll_ready(tideloop::internal::TaskHeader* t) {
-      std::lock_guard<std::mutex> lk(g_->mu_);
-      if (g_->open_) return true;
-      g_->waker_ = t->waker();
-      return false;
-    }
-    void await_resume() noexcept {}
-
-   private:
-    Gate* g_;
-  };
-  Awaiter wait() { return Awaiter(this); }
-
- private:
-  std::mutex mu_;
-  bool open_ = false;
-  tideloop::Waker waker_;
-};
+using tltest::Gate;
 
 void spin(unsigned n) {
   for (unsigned i = 0; i < n; ++i) asm volatile("" ::: "memory");

@@ -11,22 +11,9 @@
 #include <vector>
 
 #include "scheduler/injector.hpp"
+#include "test_support.hpp"
 #include "scheduler/local_queue.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define TL_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TL_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define TL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TL_ASAN 1
-#endif
-#endif
 
 namespace {
 

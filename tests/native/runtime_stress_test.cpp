@@ -13,22 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define TL_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TL_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define TL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TL_ASAN 1
-#endif
-#endif
 
 namespace {
 
@@ -38,22 +25,7 @@ using tideloop::JoinHandle;
 using tideloop::Runtime;
 using tideloop::Task;
 
-// Release / ASan / TSan sizes.
-constexpr long scaled(long release, long asan, long tsan) {
-#if defined(TL_TSAN)
-  (void)release;
-  (void)asan;
-  return tsan;
-#elif defined(TL_ASAN)
-  (void)release;
-  (void)tsan;
-  return asan;
-#else
-  (void)asan;
-  (void)tsan;
-  return release;
-#endif
-}
+using tltest::scaled;
 
 // --- test helpers ---
 

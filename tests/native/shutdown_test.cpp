@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace {
@@ -39,39 +40,7 @@ struct Tracked {
   }
 };
 
-// A one-shot event: tasks await it, any thread opens it (waking by value).
-class Gate {
- public:
-  void open() {
-    tideloop::Waker w;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      open_ = true;
-      w = std::move(waker_);
-    }
-    w.wake();
-  }
-  class Awaiter : public tideloop::internal::LeafAwaiter<Awaiter> {
-   public:
-    explicit Awaiter(Gate* g) : g_(g) {}
-    bool poll_ready(tideloop::internal::TaskHeader* t) {
-      std::lock_guard<std::mutex> lk(g_->mu_);
-      if (g_->open_) return true;
-      g_->waker_ = t->waker();
-      return false;
-    }
-    void await_resume() noexcept {}
-
-   private:
-    Gate* g_;
-  };
-  Awaiter wait() { return Awaiter(this); }
-
- private:
-  std::mutex mu_;
-  bool open_ = false;
-  tideloop::Waker waker_;
-};
+using tltest::Gate;
 
 template <class F>
 bool eventually(F&& f, std::chrono::milliseconds timeout = 10s) {
