@@ -1,6 +1,8 @@
 // TimerWheel: see tideloop/time/timer_wheel.hpp for the algorithm.
 #include "tideloop/time/timer_wheel.hpp"
 
+#include <cassert>
+
 namespace tideloop {
 
 namespace {
@@ -25,14 +27,25 @@ std::optional<TimerWheel::Expiration> TimerWheel::next_expiration_detail() const
   for (int level = 0; level < kLevels; ++level) {
     const std::uint64_t occ = levels_[level].occupied;
     if (occ == 0) continue;
-    const unsigned now_slot = static_cast<unsigned>((elapsed_ / slot_range(level)) & kSlotMask);
-    const int zeros = __builtin_ctzll(rotr(occ, now_slot));
-    const int slot = static_cast<int>((static_cast<unsigned>(zeros) + now_slot) & kSlotMask);
+    // Scan the slots in time order starting just after the current one; the
+    // current slot comes last, a full turn ahead. Below the top level it is
+    // never occupied (an entry there would already have been handed out or
+    // cascaded). In the top level it holds only entries of a later turn (see
+    // "Far deadlines" in the header); scanning it first (as this code once
+    // did) reported it a turn ahead and hid every nearer top-level slot,
+    // whose entries then fired up to a turn late.
+    const unsigned after_now =
+        static_cast<unsigned>((elapsed_ / slot_range(level)) + 1) & kSlotMask;
+    const int zeros = __builtin_ctzll(rotr(occ, after_now));
+    const int slot = static_cast<int>((static_cast<unsigned>(zeros) + after_now) & kSlotMask);
     const std::uint64_t level_start = elapsed_ & ~(level_range(level) - 1);
     std::uint64_t deadline = level_start + static_cast<std::uint64_t>(slot) * slot_range(level);
-    // Only clamped (beyond-the-span) entries in the top level can sit in a
-    // slot that is "behind" the current time: they are a full turn away.
-    if (deadline <= elapsed_) deadline += level_range(level);
+    // A slot at or behind the current time is in the next turn (top level
+    // only).
+    if (deadline <= elapsed_) {
+      assert(level == kLevels - 1);
+      deadline += level_range(level);
+    }
     return Expiration{level, slot, deadline};
   }
   return std::nullopt;

@@ -7,8 +7,7 @@
 // and oneTBB have no timers at all, and Tokio's wheel is Rust. The algorithm
 // here is Tokio's (tokio/src/runtime/time/wheel/): 6 levels of 64 slots, level
 // i slot width 64^i ticks, so the wheel spans 64^6 ticks (about 2.2 years at
-// 1 ms per tick) and an entry further out is clamped into the top level and
-// re-placed when that slot comes up.
+// 1 ms per tick; 72.8 h at the Python bridge's 2^-18 s).
 //
 //  - insert: the level is the highest 6-bit digit in which the deadline and
 //    the current time differ; the slot is that digit of the deadline. O(1).
@@ -16,7 +15,23 @@
 //  - next_expiration: per level a 64-bit occupancy mask; the first level with
 //    an occupied slot holds the earliest entries. O(levels).
 //  - advance: take the earliest slot, fire what is due, re-place (cascade)
-//    the rest one or more levels down. Each entry cascades at most 5 times.
+//    the rest one or more levels down. Each entry cascades at most 5 times
+//    (plus once per turn of the top level while it is beyond the span).
+//
+// Far deadlines. The top level is a ring: its slots behind the current one
+// belong to the next turn, and so does the current slot itself (an entry of
+// this turn in the current top-level slot would be in a lower level). An
+// entry a span or more ahead is placed as if its deadline were
+// elapsed + span - 1, i.e. in the top-level slot a turn ahead (usually the
+// current slot, next turn); when that slot comes up, it cascades and is
+// placed again relative to the new time, until it is within the span and
+// lands in its real slot. So every entry's slot starts in (elapsed,
+// elapsed + span] and at or before its deadline: next_expiration() scans
+// the top level from the slot after the current one round to the current
+// one, and reports a far entry's slot start, an early bound (a wake-up that
+// only cascades, about once per span) but never a late one, and it never
+// hides a nearer slot. Entries come out of advance() exactly at their
+// deadline tick, in deadline order, however far they were inserted.
 //
 // The wheel knows nothing about clocks or threads: ticks are plain integers
 // chosen by the caller, and the caller provides any locking. Not thread-safe.
@@ -44,7 +59,8 @@ class TimerWheel {
   static constexpr int kLevels = 6;
   static constexpr int kSlotBits = 6;
   static constexpr int kSlots = 1 << kSlotBits;  // 64
-  // Span of the wheel in ticks (64^6); deadlines further out are clamped.
+  // Span of the wheel in ticks (64^6); deadlines further out are re-placed
+  // once per turn until they are within it (see "Far deadlines").
   static constexpr std::uint64_t kMaxDuration = std::uint64_t{1} << (kLevels * kSlotBits);
 
   explicit TimerWheel(std::uint64_t elapsed = 0) noexcept : elapsed_(elapsed) {}
@@ -84,13 +100,16 @@ class TimerWheel {
   }
 
   // The earliest tick at which advance() can hand out an entry (or has to
-  // cascade one), nullopt when empty. Never earlier than elapsed() + 1 for
-  // a non-empty wheel. O(levels).
+  // cascade one), nullopt when empty. In [elapsed() + 1, earliest deadline]
+  // for a non-empty wheel. O(levels).
   std::optional<std::uint64_t> next_expiration() const noexcept;
 
   // Moves time forward to `now` and returns every entry whose deadline is
-  // <= now as a singly linked list through `next` (earliest slot first),
-  // already unlinked from the wheel. Does nothing when now <= elapsed().
+  // <= now as a singly linked list through `next` in deadline order (ties in
+  // no particular order), already unlinked from the wheel. Does nothing when
+  // now <= elapsed(). Costs O(slots visited): about one per far entry per
+  // turn of the top level crossed, so advancing by many spans at once with
+  // far entries pending is proportionally slower.
   TimerWheelNode* advance(std::uint64_t now) noexcept;
 
   // Moves elapsed() forward to `now` without looking at entries. Only valid
@@ -121,9 +140,13 @@ class TimerWheel {
     const int significant = 63 - __builtin_clzll(masked);
     return significant / kSlotBits;
   }
+  // Requires n->when > elapsed_. A deadline a span or more ahead is placed by
+  // the clamped key (see "Far deadlines"); n->when keeps the real one.
   void link(TimerWheelNode* n) noexcept {
-    const int level = level_for(elapsed_, n->when);
-    const int slot = static_cast<int>((n->when >> (level * kSlotBits)) & (kSlots - 1));
+    std::uint64_t key = n->when;
+    if (key - elapsed_ >= kMaxDuration) key = elapsed_ + (kMaxDuration - 1);
+    const int level = level_for(elapsed_, key);
+    const int slot = static_cast<int>((key >> (level * kSlotBits)) & (kSlots - 1));
     n->level = static_cast<std::uint8_t>(level);
     n->slot = static_cast<std::uint8_t>(slot);
     Slot& s = levels_[level].slots[slot];
