@@ -74,6 +74,7 @@ void tcp_echo(benchmark::State& state) {
   });
   const int rounds = std::max(1, static_cast<int>(kRoundTrips * bench_scale()));
   tlbench::OpTimer timer(state, static_cast<double>(kClients) * rounds);
+  const auto m0 = rt.metrics();
   for (auto _ : state) {
     timer.iteration([&] {
       rt.block_on([&]() -> Task<> {
@@ -84,6 +85,13 @@ void tcp_echo(benchmark::State& state) {
     });
   }
   timer.finish();
+  // Scheduler behaviour per round trip: how often tasks moved between
+  // workers and how often a worker went to sleep.
+  const auto m1 = rt.metrics();
+  const double ops = static_cast<double>(state.iterations()) * kClients * rounds;
+  state.counters["steals_per_op"] = static_cast<double>(m1.stolen_tasks - m0.stolen_tasks) / ops;
+  state.counters["parks_per_op"] = static_cast<double>(m1.parks - m0.parks) / ops;
+  state.counters["polls_per_op"] = static_cast<double>(m1.polls - m0.polls) / ops;
 }
 
 }  // namespace

@@ -20,6 +20,8 @@
 // moves and destruction need exclusive access.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -71,6 +73,8 @@ enum class WaitStatus : std::uint8_t {
 
 // One descriptor registered with a runtime's reactor. Owns the descriptor;
 // move-only. Not part of the public API (AsyncFd and the socket types are).
+struct IoHome;
+
 class IoRegistration {
  public:
   IoRegistration() noexcept = default;
@@ -80,6 +84,14 @@ class IoRegistration {
   // (try the syscall first); false for a connect in progress. Throws
   // std::logic_error outside a runtime with I/O enabled.
   static Result<IoRegistration> adopt(int fd, bool initially_ready = true);
+  // adopt() for a connection being made: its waiters run on the worker with
+  // the fewest connections (runtime/src/scheduler/affinity.hpp).
+  static Result<IoRegistration> adopt_connection(int fd, bool initially_ready,
+                                                 const sockaddr* remote, socklen_t remote_len);
+  // adopt() for a connection just accepted from `peer`: its waiters run on
+  // the worker of its in-process client (both ends on one core), else on the
+  // worker with the fewest connections.
+  static Result<IoRegistration> adopt_accepted(int fd, const sockaddr* peer, socklen_t peer_len);
   IoRegistration(IoRegistration&& o) noexcept
       : reactor_(std::move(o.reactor_)),
         state_(std::exchange(o.state_, nullptr)),
@@ -139,6 +151,9 @@ class IoRegistration {
   }
   WaitStatus poll_ready_slow(Interest i, TaskHeader* self, std::uint64_t* snapshot,
                              std::error_code* ec) noexcept;
+  // Takes over a reference on `home` (null: a new home on this worker).
+  static Result<IoRegistration> adopt_homed(int fd, bool initially_ready, IoHome* home,
+                                            std::uint32_t pair_key);
   void clear_bits(std::uint64_t bits, std::uint64_t snapshot) noexcept {
     if (readiness_ == nullptr) return;
     std::uint64_t cur = readiness_->load(std::memory_order_acquire);

@@ -275,4 +275,9 @@ class YieldNow : public internal::LeafAwaiter<YieldNow> {
 };
 inline YieldNow yield_now() { return {}; }
 
+// The index (0 .. workers-1) of the multi-thread worker running the caller,
+// or -1 on any other thread (block_on callers, the blocking pool, foreign
+// threads, current-thread runtimes). For metrics, logs and affinity tests.
+int current_worker_index() noexcept;
+
 }  // namespace tideloop

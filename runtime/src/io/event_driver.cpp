@@ -60,7 +60,7 @@ void BlockingScheduler::submit(TaskHeader* t) {
 
 EventDriver::EventDriver(RuntimeCore* core, const RuntimeConfig& cfg, std::size_t workers)
     : pool_(pool_options(cfg)), blocking_(core, &pool_) {
-  if (cfg.enable_io) reactor_ = std::make_shared<Reactor>();
+  if (cfg.enable_io) reactor_ = std::make_shared<Reactor>(workers);
   if (cfg.enable_time) time_ = std::make_unique<TimeDriver>(workers, [this] { unpark(); });
 }
 
@@ -105,6 +105,10 @@ void EventDriver::unpark() {
   } else {
     parker_.unpark();
   }
+}
+
+void EventDriver::poll_io() {
+  if (reactor_) reactor_->poll_nonblocking();
 }
 
 void EventDriver::shutdown() {

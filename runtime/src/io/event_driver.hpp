@@ -49,6 +49,7 @@ class EventDriver final : public Driver {
 
   void park(std::optional<std::chrono::nanoseconds> timeout) override;
   void unpark() override;
+  void poll_io() override;
   void shutdown() override;
 
   TimeDriver* time() noexcept { return time_.get(); }

@@ -7,12 +7,17 @@
 // never completes.
 #include "io/reactor.hpp"
 
+#include <netinet/in.h>
+
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <system_error>
+
+#include "scheduler/affinity.hpp"
+#include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
 
@@ -54,14 +59,21 @@ void IoState::set_ready(std::uint64_t bits) noexcept {
       waiters[1].task = nullptr;
     }
   }
+  if (!w0 && !w1) return;
+  // Route the wakes to the descriptor's home worker (scheduler/affinity.hpp).
+  const int h = home->worker;
+  const int saved = std::exchange(tl_wake_home, h);
   w0.wake();
   w1.wake();
+  tl_wake_home = saved;
 }
 
 // --- Reactor ---
 
-Reactor::Reactor()
-    : ctx_(1),
+Reactor::Reactor(std::size_t workers)
+    : workers_(workers == 0 ? 1 : workers),
+      tally_(new std::atomic<int>[workers_]()),
+      ctx_(1),
       work_(asio::make_work_guard(ctx_)),
       asio_reactor_(asio::use_service<asio::detail::reactor>(ctx_)),
       ep_(::epoll_create1(EPOLL_CLOEXEC)),
@@ -137,8 +149,18 @@ std::size_t Reactor::harvest() {
   return static_cast<std::size_t>(n);
 }
 
+std::size_t Reactor::poll_nonblocking() {
+  if (io_fds_.load(std::memory_order_relaxed) == 0 || !harvest_mu_.try_lock()) return 0;
+  const std::size_t n = harvest();
+  harvest_mu_.unlock();
+  return n;
+}
+
 std::size_t Reactor::park(std::optional<std::chrono::nanoseconds> timeout) {
-  if ((timeout && timeout->count() <= 0) || maybe_more_) return harvest();
+  {
+    std::lock_guard<SpinLock> g(harvest_mu_);
+    if ((timeout && timeout->count() <= 0) || maybe_more_) return harvest();
+  }
   int expect = kIdle;
   if (park_state_.compare_exchange_strong(expect, kParked, std::memory_order_seq_cst)) {
     if (timeout) {
@@ -157,6 +179,7 @@ std::size_t Reactor::park(std::optional<std::chrono::nanoseconds> timeout) {
   // An unpark() interrupts run_one() through stop(); a late one may also
   // leave the context stopped, which only makes the next park spurious.
   if (ctx_.stopped()) ctx_.restart();
+  std::lock_guard<SpinLock> g(harvest_mu_);
   return harvest();
 }
 
@@ -181,25 +204,41 @@ void Reactor::shutdown() {
   }
 }
 
-IoState* Reactor::register_fd(int fd, bool initially_ready, std::error_code& ec) {
+IoState* Reactor::register_fd(int fd, bool initially_ready, IoHome* home, std::uint32_t pair_key,
+                              std::error_code& ec) {
   const int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0 || (!(fl & O_NONBLOCK) && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
     ec = last_errno_code();
+    if (home) home->unref();
     return nullptr;
   }
-  auto* st = new IoState(this, fd);
-  if (initially_ready) st->readiness.store(kReadable | kWritable, std::memory_order_relaxed);
   std::lock_guard<std::mutex> g(reg_mu_);
   if (shutdown_) {
-    delete st;
+    if (home) home->unref();
     ec = std::make_error_code(std::errc::operation_canceled);
     return nullptr;
   }
+  // A connection: the second end of an in-process pair joins the first's
+  // home; anything else goes to the least busy worker.
+  IoState* pair_first = nullptr;
+  if (home == nullptr && pair_key != 0 && workers_ > 1) {
+    if (auto it = pending_pairs_.find(pair_key); it != pending_pairs_.end()) {
+      pair_first = it->second;
+      pending_pairs_.erase(it);
+      pair_first->pair_key = 0;
+      home = pair_first->home;
+      home->ref();
+    }
+  }
+  if (home == nullptr) home = pick_home();
+  auto* st = new IoState(this, fd, home);
+  if (initially_ready) st->readiness.store(kReadable | kWritable, std::memory_order_relaxed);
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = st;
   if (::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) == 0) {
     st->in_epoll = true;
+    io_fds_.fetch_add(1, std::memory_order_relaxed);
     st->ref();  // the epoll set's
   } else if (errno == EPERM) {
     // A regular file: epoll refuses it, and it never blocks.
@@ -211,6 +250,16 @@ IoState* Reactor::register_fd(int fd, bool initially_ready, std::error_code& ec)
     return nullptr;
   }
   st->registered = true;
+  if (pair_first == nullptr && pair_key != 0 && workers_ > 1) {
+    // The first end: wait for the other (a stale entry of a port reused
+    // before its socket closed is replaced; a hint, never a correctness need).
+    auto [it, fresh] = pending_pairs_.try_emplace(pair_key, st);
+    if (!fresh) {
+      it->second->pair_key = 0;
+      it->second = st;
+    }
+    st->pair_key = pair_key;
+  }
   st->reg_next = reg_head_;
   if (reg_head_) reg_head_->reg_prev = st;
   reg_head_ = st;
@@ -229,10 +278,16 @@ void Reactor::deregister(IoState* st, bool close_fd) noexcept {
     }
     if (st->reg_next) st->reg_next->reg_prev = st->reg_prev;
     st->reg_prev = st->reg_next = nullptr;
+    if (st->pair_key != 0) {
+      auto it = pending_pairs_.find(st->pair_key);
+      if (it != pending_pairs_.end() && it->second == st) pending_pairs_.erase(it);
+      st->pair_key = 0;
+    }
     if (st->in_epoll) {
       // Explicitly: the fd may have duplicates that keep it in the set.
       epoll_event ev{};
       ::epoll_ctl(ep_, EPOLL_CTL_DEL, st->fd, &ev);
+      io_fds_.fetch_sub(1, std::memory_order_relaxed);
       // The epoll set's reference goes when no harvested batch can name it.
       release_.push_back(st);
       has_release_.store(true, std::memory_order_release);
@@ -242,7 +297,42 @@ void Reactor::deregister(IoState* st, bool close_fd) noexcept {
   st->set_ready(kClosed);
 }
 
+IoHome* Reactor::pick_home() {
+  if (workers_ < 2) return home_on(kNoHome);
+  const int here = tl_worker_index;
+  int best = here >= 0 && static_cast<std::size_t>(here) < workers_ ? here : 0;
+  int best_n = tally_[best].load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < workers_; ++i) {
+    const int n = tally_[i].load(std::memory_order_relaxed);
+    if (n < best_n) {
+      best = static_cast<int>(i);
+      best_n = n;
+    }
+  }
+  return home_on(best);
+}
+
+
 // --- IoRegistration ---
+
+namespace {
+// The loopback-client key of a socket address, 0 if it is not loopback.
+std::uint32_t loopback_key(const sockaddr* a, socklen_t len) {
+  if (a == nullptr) return 0;
+  if (a->sa_family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(a);
+    if ((ntohl(in->sin_addr.s_addr) >> 24) != 127) return 0;
+    return std::uint32_t{AF_INET} << 16 | ntohs(in->sin_port);
+  }
+  if (a->sa_family == AF_INET6 && len >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a);
+    if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return 0;
+    return std::uint32_t{AF_INET6} << 16 | ntohs(in6->sin6_port);
+  }
+  return 0;
+}
+
+}  // namespace
 
 Result<IoRegistration> IoRegistration::adopt(int fd, bool initially_ready) {
   const std::shared_ptr<Reactor>* r;
@@ -252,8 +342,40 @@ Result<IoRegistration> IoRegistration::adopt(int fd, bool initially_ready) {
     ::close(fd);
     throw;
   }
+  return adopt_homed(fd, initially_ready, (*r)->home_on(tl_worker_index), 0);
+}
+
+Result<IoRegistration> IoRegistration::adopt_connection(int fd, bool initially_ready,
+                                                        const sockaddr* remote,
+                                                        socklen_t remote_len) {
+  // The pair key is our local port, which is what the accepting side sees.
+  std::uint32_t key = 0;
+  if (loopback_key(remote, remote_len) != 0) {
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0)
+      key = loopback_key(reinterpret_cast<sockaddr*>(&local), len);
+  }
+  return adopt_homed(fd, initially_ready, nullptr, key);
+}
+
+Result<IoRegistration> IoRegistration::adopt_accepted(int fd, const sockaddr* peer,
+                                                      socklen_t peer_len) {
+  return adopt_homed(fd, true, nullptr, loopback_key(peer, peer_len));
+}
+
+Result<IoRegistration> IoRegistration::adopt_homed(int fd, bool initially_ready, IoHome* home,
+                                                   std::uint32_t pair_key) {
+  const std::shared_ptr<Reactor>* r;
+  try {
+    r = &current_reactor();
+  } catch (...) {
+    if (home) home->unref();
+    ::close(fd);
+    throw;
+  }
   std::error_code ec;
-  IoState* st = (*r)->register_fd(fd, initially_ready, ec);
+  IoState* st = (*r)->register_fd(fd, initially_ready, home, pair_key, ec);
   if (st == nullptr) {
     ::close(fd);
     return ec;

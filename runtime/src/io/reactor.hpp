@@ -57,6 +57,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "scheduler/spinlock.hpp"
 #include "tideloop/io.hpp"
 
@@ -65,8 +66,29 @@ namespace tideloop::internal {
 // Socket events dispatched per driver turn; Tokio polls up to 1024 too.
 inline constexpr std::size_t kMaxEventsPerTurn = 1024;
 
+// The worker a descriptor's waiters run on (scheduler/affinity.hpp); shared
+// by both ends of an in-process loopback connection. Counted in its
+// reactor's per-worker tally, which places new connections.
+struct IoHome {
+  IoHome(std::atomic<int>* tally, int w) : tally(tally), worker(w) {
+    if (worker >= 0) tally[worker].fetch_add(1, std::memory_order_relaxed);
+  }
+  ~IoHome() {
+    if (worker >= 0) tally[worker].fetch_sub(1, std::memory_order_relaxed);
+  }
+  void ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+  void unref() noexcept {
+    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+  std::atomic<int>* const tally;  // the reactor's, one per worker
+  const int worker;               // kNoHome: wakes stay where they happen
+  std::atomic<std::uint32_t> refs{1};
+};
+
 struct IoState {
-  IoState(Reactor* r, int fd_) : reactor(r), fd(fd_) {}
+  // Takes over the caller's reference on `h`.
+  IoState(Reactor* r, int fd_, IoHome* h) : reactor(r), fd(fd_), home(h) {}
+  ~IoState() { home->unref(); }
 
   void ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
   void unref() noexcept {
@@ -80,6 +102,7 @@ struct IoState {
   std::atomic<std::uint32_t> refs{1};
   Reactor* const reactor;
   const int fd;
+  IoHome* const home;
   // io_readiness bits and tick (tideloop/io.hpp).
   std::atomic<std::uint64_t> readiness{0};
   SpinLock lock;
@@ -92,11 +115,14 @@ struct IoState {
   IoState* reg_next = nullptr;
   bool registered = false;  // guarded by reg_mu_
   bool in_epoll = false;    // set at registration (regular files are not)
+  // Key in the reactor's pending-pair table, 0 if not there (reg_mu_).
+  std::uint32_t pair_key = 0;
 };
 
 class Reactor : public std::enable_shared_from_this<Reactor> {
  public:
-  Reactor();
+  // `workers`: of the multi-thread scheduler driving it (1 otherwise).
+  explicit Reactor(std::size_t workers = 1);
   ~Reactor();
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
@@ -109,15 +135,29 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   std::size_t park(std::optional<std::chrono::nanoseconds> timeout);
   // Thread-safe; never lost.
   void unpark() noexcept;
+  // Any thread of the runtime: dispatches ready events without blocking,
+  // unless another thread is harvesting right now. Returns how many.
+  std::size_t poll_nonblocking();
   void shutdown();
 
   // --- any thread ---
   // Registers `fd` (left open on failure). Returns a state holding the
   // caller's reference.
-  IoState* register_fd(int fd, bool initially_ready, std::error_code& ec);
+  // Takes over the caller's reference on `home` (also on failure). A null
+  // home: a connection; `pair_key` (family << 16 | the client's port, 0 if
+  // not loopback) pairs it with the other end if that is ours too.
+  IoState* register_fd(int fd, bool initially_ready, IoHome* home, std::uint32_t pair_key,
+                       std::error_code& ec);
   // Leaves the epoll set; closes the fd when close_fd; wakes waiters (they
   // see kClosed). The caller still holds its reference.
   void deregister(IoState* st, bool close_fd) noexcept;
+
+  // A home for a new connection: the worker with the fewest connections
+  // (the calling worker on ties); kNoHome with a single worker.
+  IoHome* pick_home();
+  bool multi_worker() const noexcept { return workers_ > 1; }
+  // A home on `worker` (kNoHome: none).
+  IoHome* home_on(int worker) { return new IoHome(tally_.get(), worker); }
 
  private:
   enum : int { kIdle = 0, kParked = 1, kNotified = 2 };
@@ -135,10 +175,13 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
     }
   };
 
-  // Collects socket events (non-blocking) and dispatches them.
+  // Collects socket events (non-blocking) and dispatches them. Caller holds
+  // harvest_mu_.
   std::size_t harvest();
   void release_deferred();
 
+  const std::size_t workers_;
+  std::unique_ptr<std::atomic<int>[]> tally_;  // connections homed per worker
   asio::io_context ctx_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   asio::detail::reactor& asio_reactor_;
@@ -146,13 +189,21 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   NestedOp nested_op_;
   const int ep_;                            // the sockets' epoll set
   const int timer_fd_;                      // in ep_: bounds a park's wait (driver thread only)
-  std::vector<struct epoll_event> events_;  // driver thread only
-  bool maybe_more_ = false;                 // driver thread only: last harvest was full
+  // One harvester at a time: the driver after its sleep, or any worker that
+  // ran out of tasks (it need not wait for the sleeping driver to wake up).
+  SpinLock harvest_mu_;
+  std::vector<struct epoll_event> events_;  // guarded by harvest_mu_
+  bool maybe_more_ = false;                 // guarded by harvest_mu_: last harvest was full
+  std::atomic<std::size_t> io_fds_{0};      // descriptors in ep_ (poll_nonblocking skips if 0)
   std::atomic<int> park_state_{kIdle};
   std::mutex reg_mu_;
   IoState* reg_head_ = nullptr;    // guarded by reg_mu_
   bool shutdown_ = false;          // guarded by reg_mu_
   std::vector<IoState*> release_;  // guarded by reg_mu_: deregistered, ref to drop
+  // In-process loopback connections (scheduler/affinity.hpp): the first end
+  // registered (connecting or accepted, whichever wins the race) waits here
+  // under the client's port until the other end joins its home.
+  absl::flat_hash_map<std::uint32_t, IoState*> pending_pairs_;  // guarded by reg_mu_
   std::atomic<bool> has_release_{false};
 };
 

@@ -200,7 +200,8 @@ int connect_poll(tideloop::internal::IoRegistration& reg, ConnectState& st, cons
     }
     // Registered after connect(): a connecting socket must not look ready
     // until epoll reports the outcome.
-    auto r = tideloop::internal::IoRegistration::adopt(fd, /*initially_ready=*/!in_progress);
+    auto r = tideloop::internal::IoRegistration::adopt_connection(
+        fd, /*initially_ready=*/!in_progress, addr, addr_len);
     if (!r) {
       *ec = r.error();
       return -1;

@@ -20,6 +20,11 @@ class Driver {
   // Thread-safe. Makes the current or the next park() return promptly (a
   // wake-up is never lost).
   virtual void unpark() = 0;
+  // Any worker, without holding the driver: dispatches ready I/O events
+  // without blocking (nothing if another thread is dispatching). A worker
+  // whose tasks all wait on I/O uses it instead of sleeping while another
+  // worker sleeps in the driver.
+  virtual void poll_io() {}
   // Called once at runtime shutdown, after the workers are joined.
   virtual void shutdown() = 0;
 };

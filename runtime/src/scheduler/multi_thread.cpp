@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "scheduler/affinity.hpp"
 #include "scheduler/block_on.hpp"
 #include "scheduler/driver.hpp"
 #include "io/event_driver.hpp"  // [time/io]
@@ -25,6 +26,7 @@
 #include "scheduler/local_queue.hpp"
 #include "scheduler/owned_tasks.hpp"
 #include "scheduler/parker.hpp"
+#include "scheduler/spinlock.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
@@ -53,6 +55,17 @@ struct alignas(64) Worker {
   Parker parker;
   // True while this worker sleeps in the driver instead of on its futex.
   std::atomic<bool> on_driver{false};
+  // I/O affinity (affinity.hpp): tasks woken by readiness of descriptors
+  // homed here, pushed by the worker that harvested the events. Drained into
+  // the local queue every tick.
+  SpinLock inbox_mu;
+  std::vector<TaskHeader*> inbox;  // guarded by inbox_mu
+  std::vector<TaskHeader*> inbox_spare;  // owner only: swapped with inbox
+  std::atomic<bool> inbox_ready{false};
+  // True from the last work check before sleeping until awake again; pairs
+  // with inbox_ready (Dekker) so a routed wake is never stranded.
+  std::atomic<bool> sleeping{false};
+
   bool is_searching = false;   // owner only
   bool parking = false;        // owner only
   std::uint32_t tick = 0;      // owner only
@@ -66,7 +79,7 @@ struct alignas(64) Worker {
   std::thread thread;
   // Written by the owner, read by metrics().
   std::atomic<std::uint64_t> polls{0}, steals{0}, stolen{0}, parks{0}, lifo_polls{0},
-      overflows{0}, injector_pops{0}, spawned{0};
+      overflows{0}, injector_pops{0}, spawned{0}, routed{0};
 
   std::uint32_t next_rand() {
     // xorshift32: cheap, good enough to spread steal victims.
@@ -113,12 +126,19 @@ class MultiThread final : public RuntimeCore {
     // Pushes that raced with shutdown (late wake-ups) landed after its drain;
     // wake quiescence has been waited for, so nothing pushes any more.
     injector_.drain_and_drop();
+    for (auto& w : workers_) drop_inbox(w.get());
   }
 
   // --- Scheduler ---
   void schedule(TaskHeader* t) override {
     Worker* w = tl_worker;
     if (w != nullptr && w->rt == this) {
+      // An I/O wake for a descriptor homed on another worker (affinity.hpp).
+      if (const int home = tl_wake_home;
+          home >= 0 && static_cast<std::size_t>(home) < n_ &&
+          static_cast<std::size_t>(home) != w->index) {
+        if (route_home(workers_[static_cast<std::size_t>(home)].get(), t)) return;
+      }
       schedule_local(w, t, /*is_yield=*/false);
     } else {
       schedule_remote(t);
@@ -189,6 +209,7 @@ class MultiThread final : public RuntimeCore {
     // No worker runs now: every live task is idle and gets cancelled here.
     owned_.close_and_shutdown_all();
     injector_.drain_and_drop();
+    for (auto& w : workers_) drop_inbox(w.get());
   }
 
   RuntimeMetrics metrics() const override {
@@ -234,6 +255,34 @@ class MultiThread final : public RuntimeCore {
     if (w->queue.push_back(t, injector_)) bump(w->overflows);
   }
 
+  // Queues t in h's inbox, unless h sleeps (then the caller runs it: a
+  // cross-core wake-up costs more than the lost locality). False: not queued.
+  bool route_home(Worker* h, TaskHeader* t) {
+    if (h->sleeping.load(std::memory_order_acquire)) return false;
+    {
+      std::lock_guard<SpinLock> g(h->inbox_mu);
+      h->inbox.push_back(t);
+    }
+    // Dekker with park(): h publishes `sleeping` before it reads inbox_ready;
+    // we publish inbox_ready (an RMW) before we read `sleeping`.
+    h->inbox_ready.exchange(true, std::memory_order_seq_cst);
+    if (h->sleeping.load(std::memory_order_seq_cst)) unpark_worker(h);
+    return true;
+  }
+
+  // Moves the inbox into the local queue (where thieves can see it).
+  void drain_inbox(Worker* w) {
+    {
+      std::lock_guard<SpinLock> g(w->inbox_mu);
+      w->inbox_ready.store(false, std::memory_order_relaxed);
+      w->inbox.swap(w->inbox_spare);
+    }
+    bump(w->routed, w->inbox_spare.size());
+    for (TaskHeader* t : w->inbox_spare) push_back(w, t);
+    w->inbox_spare.clear();
+    if (w->queue.len() > 1) notify_parked();
+  }
+
   void schedule_remote(TaskHeader* t) {
     if (injector_.push(t)) notify_parked();
   }
@@ -276,11 +325,23 @@ class MultiThread final : public RuntimeCore {
   // Every event_interval ticks: let timers and I/O make progress even when
   // the run queues never empty.
   void maintenance(Worker* w) {
-    (void)w;
-    if (driver_ && driver_mu_.try_lock()) {
+    if (!driver_) return;
+    if (driver_mu_.try_lock()) {
       driver_->park(std::chrono::nanoseconds(0));
       driver_mu_.unlock();
+    } else {
+      driver_->poll_io();
     }
+  }
+
+  static void drop_inbox(Worker* w) {
+    std::vector<TaskHeader*> v;
+    {
+      std::lock_guard<SpinLock> g(w->inbox_mu);
+      v.swap(w->inbox);
+      w->inbox_ready.store(false, std::memory_order_relaxed);
+    }
+    for (TaskHeader* t : v) drop_notified(t);
   }
 
   void notify_if_work_pending() {
@@ -295,6 +356,7 @@ class MultiThread final : public RuntimeCore {
 
   void worker_main(Worker* w) {
     tl_worker = w;
+    tl_worker_index = static_cast<int>(w->index);
     tl_runtime = this;
     {
       std::string name = cfg_.thread_name + "-" + std::to_string(w->index);
@@ -308,8 +370,12 @@ class MultiThread final : public RuntimeCore {
     for (TaskHeader* t : w->deferred) drop_notified(t);
     w->deferred.clear();
     while (TaskHeader* t = w->queue.pop()) drop_notified(t);
+    // Later routed wakes see a sleeper and stay with the waking worker.
+    w->sleeping.store(true, std::memory_order_seq_cst);
+    drop_inbox(w);
     if (cfg_.on_thread_stop) cfg_.on_thread_stop();
     tl_runtime = nullptr;
+    tl_worker_index = kNoHome;
     tl_worker = nullptr;
   }
 
@@ -331,6 +397,14 @@ class MultiThread final : public RuntimeCore {
       if (!w->deferred.empty()) {
         requeue_deferred(w);
         continue;
+      }
+      // Out of tasks: ready I/O first (our own connections, most likely),
+      // rather than stealing or sleeping while the driver's holder sleeps.
+      if (driver_) {
+        driver_->poll_io();
+        if (w->lifo != nullptr || w->queue.has_tasks() ||
+            w->inbox_ready.load(std::memory_order_relaxed))
+          continue;
       }
       if (TaskHeader* t = steal_work(w)) {
         run_task_on(w, t);
@@ -365,6 +439,7 @@ class MultiThread final : public RuntimeCore {
   }
 
   TaskHeader* next_task(Worker* w) {
+    if (w->inbox_ready.load(std::memory_order_relaxed)) drain_inbox(w);
     if (w->tick - w->last_global_tick >= cfg_.global_queue_interval) {
       w->last_global_tick = w->tick;
       // Fairness: remote work first now and then. Take a batch, not one task:
@@ -429,6 +504,9 @@ class MultiThread final : public RuntimeCore {
     if (w->lifo != nullptr || w->queue.has_tasks()) return;
     idle_.transition_worker_to_parked(w->index, w->is_searching);
     w->is_searching = false;
+    // From here on routed wakes either see `sleeping` (and run elsewhere) or
+    // land in the inbox, which the loop below checks after every wake-up.
+    w->sleeping.exchange(true, std::memory_order_seq_cst);
     // Every parking worker (not only the last searcher, as in Tokio) looks
     // once more: a push that happened while we still counted as unparked did
     // not wake anyone, and its task would wait until its owner next looks at
@@ -436,9 +514,13 @@ class MultiThread final : public RuntimeCore {
     notify_if_work_pending();
     w->parking = true;
     while (!injector_.is_closed()) {
+      if (w->inbox_ready.load(std::memory_order_seq_cst)) {
+        w->is_searching = !idle_.unpark_worker_by_id(w->index);
+        break;
+      }
       bump(w->parks);
       park_worker(w);
-      if (w->queue.has_tasks()) {
+      if (w->queue.has_tasks() || w->inbox_ready.load(std::memory_order_seq_cst)) {
         w->is_searching = !idle_.unpark_worker_by_id(w->index);
         break;
       }
@@ -446,6 +528,7 @@ class MultiThread final : public RuntimeCore {
       w->is_searching = true;                  // woken by notify_parked
       break;
     }
+    w->sleeping.store(false, std::memory_order_release);
     w->parking = false;
   }
 
@@ -478,3 +561,7 @@ std::shared_ptr<RuntimeCore> make_multi_thread(RuntimeConfig cfg) {
 }
 
 }  // namespace tideloop::internal
+
+int tideloop::current_worker_index() noexcept {
+  return tideloop::internal::tl_worker_index;
+}
