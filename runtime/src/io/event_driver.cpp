@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "io/reactor.hpp"
+#include "scheduler/affinity.hpp"
 #include "tideloop/spawn_blocking.hpp"
 #include "time/time_driver.hpp"
 
@@ -66,9 +67,25 @@ EventDriver::EventDriver(RuntimeCore* core, const RuntimeConfig& cfg, std::size_
 
 EventDriver::~EventDriver() = default;
 
+namespace {
+// The socket set of the calling worker (a current-thread runtime has one).
+std::size_t my_shard() noexcept {
+  return tl_worker_index >= 0 ? static_cast<std::size_t>(tl_worker_index) : 0;
+}
+}  // namespace
+
 void EventDriver::sleep(std::optional<std::chrono::nanoseconds> timeout) {
   if (reactor_) {
+    const std::size_t k = my_shard();
+    if ((timeout && timeout->count() <= 0) || !reactor_->begin_sleep(k)) {
+      // Polling, or our own set had events: no sleep, but look at the
+      // sleeping workers' sets too.
+      reactor_->poll_shard(k);
+      reactor_->park(std::chrono::nanoseconds(0));
+      return;
+    }
     reactor_->park(timeout);
+    reactor_->end_sleep(k);
   } else if (!timeout) {
     parker_.park();
   } else {
@@ -108,7 +125,15 @@ void EventDriver::unpark() {
 }
 
 void EventDriver::poll_io() {
-  if (reactor_) reactor_->poll_nonblocking();
+  if (reactor_) reactor_->poll_shard(my_shard());
+}
+
+bool EventDriver::begin_sleep() {
+  return !reactor_ || reactor_->begin_sleep(my_shard());
+}
+
+void EventDriver::end_sleep() {
+  if (reactor_) reactor_->end_sleep(my_shard());
 }
 
 void EventDriver::shutdown() {

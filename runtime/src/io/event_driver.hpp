@@ -50,6 +50,8 @@ class EventDriver final : public Driver {
   void park(std::optional<std::chrono::nanoseconds> timeout) override;
   void unpark() override;
   void poll_io() override;
+  bool begin_sleep() override;
+  void end_sleep() override;
   void shutdown() override;
 
   TimeDriver* time() noexcept { return time_.get(); }

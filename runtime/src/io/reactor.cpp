@@ -59,13 +59,8 @@ void IoState::set_ready(std::uint64_t bits) noexcept {
       waiters[1].task = nullptr;
     }
   }
-  if (!w0 && !w1) return;
-  // Route the wakes to the descriptor's home worker (scheduler/affinity.hpp).
-  const int h = home->worker;
-  const int saved = std::exchange(tl_wake_home, h);
   w0.wake();
   w1.wake();
-  tl_wake_home = saved;
 }
 
 // --- Reactor ---
@@ -73,6 +68,7 @@ void IoState::set_ready(std::uint64_t bits) noexcept {
 Reactor::Reactor(std::size_t workers)
     : workers_(workers == 0 ? 1 : workers),
       tally_(new std::atomic<int>[workers_]()),
+      shards_(new Shard[workers_]),
       ctx_(1),
       work_(asio::make_work_guard(ctx_)),
       asio_reactor_(asio::use_service<asio::detail::reactor>(ctx_)),
@@ -89,8 +85,26 @@ Reactor::Reactor(std::size_t workers)
   // resets its count, so it is never read).
   epoll_event tev{};
   tev.events = EPOLLIN | EPOLLET;
-  tev.data.ptr = nullptr;
+  tev.data.u64 = 0;
   ::epoll_ctl(ep_, EPOLL_CTL_ADD, timer_fd_, &tev);
+  // One socket epoll set per worker, each nested in ep_ one-shot (armed by
+  // its worker when it goes to sleep; see reactor.hpp).
+  for (std::size_t k = 0; k < workers_; ++k) {
+    Shard& sh = shards_[k];
+    sh.ep = ::epoll_create1(EPOLL_CLOEXEC);
+    if (sh.ep < 0) {
+      const int e = errno;
+      for (std::size_t j = 0; j < k; ++j) ::close(shards_[j].ep);
+      ::close(ep_);
+      ::close(timer_fd_);
+      throw std::system_error(e, std::system_category(), "tideloop: creating the reactor");
+    }
+    sh.events.resize(kMaxEventsPerTurn);
+    epoll_event sev{};
+    sev.events = EPOLLIN | EPOLLET | EPOLLONESHOT;
+    sev.data.u64 = k + 1;
+    ::epoll_ctl(ep_, EPOLL_CTL_ADD, sh.ep, &sev);
+  }
   asio_reactor_.init_task();
   if (const int err = asio_reactor_.register_descriptor(ep_, nested_data_)) {
     ::close(ep_);
@@ -113,53 +127,98 @@ Reactor::~Reactor() {
   asio_reactor_.cleanup_descriptor_data(nested_data_);
   ctx_.restart();
   ctx_.poll();  // runs the dequeued operation's (empty) completion
-  release_deferred();
+  for (std::size_t k = 0; k < workers_; ++k) {
+    release_deferred(shards_[k]);
+    ::close(shards_[k].ep);
+  }
   ::close(timer_fd_);
   ::close(ep_);
 }
 
-void Reactor::release_deferred() {
-  if (!has_release_.load(std::memory_order_acquire)) return;
+void Reactor::release_deferred(Shard& sh) {
+  if (!sh.has_release.load(std::memory_order_acquire)) return;
   std::vector<IoState*> rel;
   {
     std::lock_guard<std::mutex> g(reg_mu_);
-    rel.swap(release_);
-    has_release_.store(false, std::memory_order_relaxed);
+    rel.swap(sh.release);
+    sh.has_release.store(false, std::memory_order_relaxed);
   }
   for (IoState* st : rel) st->unref();
 }
 
-std::size_t Reactor::harvest() {
-  // safety: every registration deferred before now left the epoll set
-  // before it was queued, and the previous batch is fully dispatched, so no
-  // event we still hold names it.
-  release_deferred();
-  const int n = ::epoll_wait(ep_, events_.data(), static_cast<int>(events_.size()), 0);
+std::size_t Reactor::harvest_shard(Shard& sh) {
+  // safety: every registration of this shard deferred before now left its
+  // epoll set before it was queued, and the previous batch of this shard was
+  // dispatched under sh.mu, so no event we still hold names it.
+  release_deferred(sh);
+  const int n = ::epoll_wait(sh.ep, sh.events.data(), static_cast<int>(sh.events.size()), 0);
   if (n <= 0) {
-    maybe_more_ = false;
+    sh.maybe_more = false;
     return 0;
   }
-  for (int i = 0; i < n; ++i) {
-    if (auto* st = static_cast<IoState*>(events_[i].data.ptr))
-      st->set_ready(bits_of(events_[i].events));
-  }
-  // A full batch may have left events behind; the outer (edge-triggered)
-  // registration will not report them again, so look before sleeping.
-  maybe_more_ = static_cast<std::size_t>(n) == events_.size();
+  for (int i = 0; i < n; ++i)
+    static_cast<IoState*>(sh.events[i].data.ptr)->set_ready(bits_of(sh.events[i].events));
+  // A full batch may have left events behind: look again before sleeping.
+  sh.maybe_more = static_cast<std::size_t>(n) == sh.events.size();
   return static_cast<std::size_t>(n);
 }
 
-std::size_t Reactor::poll_nonblocking() {
-  if (io_fds_.load(std::memory_order_relaxed) == 0 || !harvest_mu_.try_lock()) return 0;
-  const std::size_t n = harvest();
-  harvest_mu_.unlock();
+void Reactor::rearm(std::size_t k) {
+  epoll_event sev{};
+  sev.events = EPOLLIN | EPOLLET | EPOLLONESHOT;
+  sev.data.u64 = k + 1;
+  // MOD re-polls the nested set: if it already has events, ep_ reports it.
+  ::epoll_ctl(ep_, EPOLL_CTL_MOD, shards_[k].ep, &sev);
+}
+
+std::size_t Reactor::harvest_main() {
+  const int n = ::epoll_wait(ep_, events_.data(), static_cast<int>(events_.size()), 0);
+  std::size_t got = 0;
+  for (int i = 0; i < n; ++i) {
+    const std::uint64_t tag = events_[i].data.u64;
+    if (tag == 0) continue;  // the timerfd: it only bounds the sleep
+    const std::size_t k = tag - 1;
+    Shard& sh = shards_[k];
+    // Its worker is awake (it harvests its own set) or harvesting now: leave
+    // it; it re-arms the notification when it goes back to sleep.
+    if (!sh.asleep.load(std::memory_order_acquire) || !sh.mu.try_lock()) continue;
+    got += harvest_shard(sh);
+    sh.mu.unlock();
+    rearm(k);
+  }
+  return got;
+}
+
+std::size_t Reactor::poll_shard(std::size_t k) {
+  Shard& sh = shards_[k % workers_];
+  if (sh.fds.load(std::memory_order_relaxed) == 0 || !sh.mu.try_lock()) return 0;
+  const std::size_t n = harvest_shard(sh);
+  sh.mu.unlock();
   return n;
+}
+
+bool Reactor::begin_sleep(std::size_t k) {
+  k %= workers_;
+  Shard& sh = shards_[k];
+  if (!sh.mu.try_lock()) return false;  // the driver is harvesting it for us
+  const std::size_t n = harvest_shard(sh);
+  if (n == 0 && !sh.maybe_more) sh.asleep.store(true, std::memory_order_seq_cst);
+  sh.mu.unlock();
+  if (n != 0) return false;
+  // After `asleep`: an event from here on reaches ep_ and whoever drives it
+  // harvests this set for us.
+  rearm(k);
+  return true;
+}
+
+void Reactor::end_sleep(std::size_t k) {
+  shards_[k % workers_].asleep.store(false, std::memory_order_release);
 }
 
 std::size_t Reactor::park(std::optional<std::chrono::nanoseconds> timeout) {
   {
     std::lock_guard<SpinLock> g(harvest_mu_);
-    if ((timeout && timeout->count() <= 0) || maybe_more_) return harvest();
+    if (timeout && timeout->count() <= 0) return harvest_main();
   }
   int expect = kIdle;
   if (park_state_.compare_exchange_strong(expect, kParked, std::memory_order_seq_cst)) {
@@ -180,7 +239,7 @@ std::size_t Reactor::park(std::optional<std::chrono::nanoseconds> timeout) {
   // leave the context stopped, which only makes the next park spurious.
   if (ctx_.stopped()) ctx_.restart();
   std::lock_guard<SpinLock> g(harvest_mu_);
-  return harvest();
+  return harvest_main();
 }
 
 void Reactor::unpark() noexcept {
@@ -232,13 +291,14 @@ IoState* Reactor::register_fd(int fd, bool initially_ready, IoHome* home, std::u
   }
   if (home == nullptr) home = pick_home();
   auto* st = new IoState(this, fd, home);
+  Shard& sh = shards_[static_cast<std::size_t>(home->worker) % workers_];
   if (initially_ready) st->readiness.store(kReadable | kWritable, std::memory_order_relaxed);
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = st;
-  if (::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) == 0) {
+  if (::epoll_ctl(sh.ep, EPOLL_CTL_ADD, fd, &ev) == 0) {
     st->in_epoll = true;
-    io_fds_.fetch_add(1, std::memory_order_relaxed);
+    sh.fds.fetch_add(1, std::memory_order_relaxed);
     st->ref();  // the epoll set's
   } else if (errno == EPERM) {
     // A regular file: epoll refuses it, and it never blocks.
@@ -285,20 +345,27 @@ void Reactor::deregister(IoState* st, bool close_fd) noexcept {
     }
     if (st->in_epoll) {
       // Explicitly: the fd may have duplicates that keep it in the set.
+      Shard& sh = shards_[static_cast<std::size_t>(st->home->worker) % workers_];
       epoll_event ev{};
-      ::epoll_ctl(ep_, EPOLL_CTL_DEL, st->fd, &ev);
-      io_fds_.fetch_sub(1, std::memory_order_relaxed);
+      ::epoll_ctl(sh.ep, EPOLL_CTL_DEL, st->fd, &ev);
+      sh.fds.fetch_sub(1, std::memory_order_relaxed);
       // The epoll set's reference goes when no harvested batch can name it.
-      release_.push_back(st);
-      has_release_.store(true, std::memory_order_release);
+      sh.release.push_back(st);
+      sh.has_release.store(true, std::memory_order_release);
     }
   }
   if (close_fd) ::close(st->fd);
   st->set_ready(kClosed);
 }
 
+IoHome* Reactor::home_here() {
+  const int here = tl_worker_index;
+  if (here >= 0 && static_cast<std::size_t>(here) < workers_) return home_on(here);
+  return pick_home();
+}
+
 IoHome* Reactor::pick_home() {
-  if (workers_ < 2) return home_on(kNoHome);
+  if (workers_ < 2) return home_on(0);
   const int here = tl_worker_index;
   int best = here >= 0 && static_cast<std::size_t>(here) < workers_ ? here : 0;
   int best_n = tally_[best].load(std::memory_order_relaxed);
@@ -342,7 +409,7 @@ Result<IoRegistration> IoRegistration::adopt(int fd, bool initially_ready) {
     ::close(fd);
     throw;
   }
-  return adopt_homed(fd, initially_ready, (*r)->home_on(tl_worker_index), 0);
+  return adopt_homed(fd, initially_ready, (*r)->home_here(), 0);
 }
 
 Result<IoRegistration> IoRegistration::adopt_connection(int fd, bool initially_ready,

@@ -11,25 +11,24 @@
 // 100% busy, yet no faster than one worker; the kernel profile is dominated
 // by cross-core wake-ups and deferred skb frees).
 //
-// Mechanism:
-//  - each registered descriptor has a home worker (IoHome): a new connection
-//    (connect, accept) gets the worker with the fewest connections, so
+// Mechanism (runtime/src/io/reactor.hpp has the reactor side):
+//  - each worker has its own socket epoll set. A connection (connect, accept)
+//    is registered in the set of the worker with the fewest connections, so
 //    connections spread over the workers; the accepted end of an in-process
-//    loopback connection shares the home of its client (the reactor keeps a
-//    table of loopback clients by local port), so a round trip between the
-//    two stays on one core. Other descriptors (listeners, UDP, AsyncFd) are
-//    homed on the worker that registered them;
-//  - any worker whose tasks ran out harvests ready I/O itself (it need not
-//    wait for the worker sleeping in the driver), and the reactor sets
-//    tl_wake_home while it wakes a descriptor's waiters; the multi-thread
-//    scheduler then puts the task in the home worker's inbox (drained into
-//    its local queue every tick, so stealing still balances load) instead of
-//    the harvesting worker's queue;
-//  - a stolen task runs on the thief until it waits; its next wake-up brings
-//    it home. Homes never move: re-homing on each wait let every connection
-//    collapse onto whichever worker stayed awake;
-//  - if the home worker is asleep, waking it would put a cross-core wake-up
-//    on the latency path: that one wake runs on the harvesting worker.
+//    loopback connection joins the set of its other end (the reactor pairs
+//    them by the client's port, whichever end registers first), so a round
+//    trip between the two stays on one core. Other descriptors (listeners,
+//    UDP, AsyncFd) go to the set of the worker that registered them;
+//  - a worker harvests its own set whenever its run queue is empty and every
+//    event_interval ticks, so the tasks it wakes land on its own queue: a
+//    connection's task runs where its events are harvested. A stolen task
+//    runs on the thief until it waits; its next wake-up brings it home;
+//  - a worker that goes to sleep on its futex arms its set's (one-shot)
+//    notification in the driver's epoll set: the worker sleeping in the
+//    driver then harvests that set for it (on its own queue: a wake-up of
+//    the sleeper would put a cross-core wake on the latency path). Busy
+//    workers' sets are never reported to the driver, so events of busy
+//    workers cost the sleeping driver no wake-ups.
 #pragma once
 
 namespace tideloop::internal {
@@ -38,7 +37,5 @@ inline constexpr int kNoHome = -1;
 
 // The index of the multi-thread worker running on this thread, or kNoHome.
 inline thread_local int tl_worker_index = kNoHome;
-// Set by the reactor around the wakes of one descriptor: its home worker.
-inline thread_local int tl_wake_home = kNoHome;
 
 }  // namespace tideloop::internal

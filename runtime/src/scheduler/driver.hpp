@@ -20,11 +20,16 @@ class Driver {
   // Thread-safe. Makes the current or the next park() return promptly (a
   // wake-up is never lost).
   virtual void unpark() = 0;
-  // Any worker, without holding the driver: dispatches ready I/O events
-  // without blocking (nothing if another thread is dispatching). A worker
-  // whose tasks all wait on I/O uses it instead of sleeping while another
-  // worker sleeps in the driver.
+  // Any worker, without holding the driver: dispatches the ready I/O events
+  // of its own descriptors without blocking (each worker has its own set,
+  // runtime/src/io/reactor.hpp). Called when its run queue is empty and
+  // periodically; the waking worker's queue gets the tasks.
   virtual void poll_io() {}
+  // A worker about to sleep on its futex (not in the driver): last look at
+  // its own I/O; false if that woke tasks (do not sleep). Otherwise its
+  // descriptors are watched by the driver until end_sleep().
+  virtual bool begin_sleep() { return true; }
+  virtual void end_sleep() {}
   // Called once at runtime shutdown, after the workers are joined.
   virtual void shutdown() = 0;
 };

@@ -26,7 +26,6 @@
 #include "scheduler/local_queue.hpp"
 #include "scheduler/owned_tasks.hpp"
 #include "scheduler/parker.hpp"
-#include "scheduler/spinlock.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
@@ -55,16 +54,6 @@ struct alignas(64) Worker {
   Parker parker;
   // True while this worker sleeps in the driver instead of on its futex.
   std::atomic<bool> on_driver{false};
-  // I/O affinity (affinity.hpp): tasks woken by readiness of descriptors
-  // homed here, pushed by the worker that harvested the events. Drained into
-  // the local queue every tick.
-  SpinLock inbox_mu;
-  std::vector<TaskHeader*> inbox;  // guarded by inbox_mu
-  std::vector<TaskHeader*> inbox_spare;  // owner only: swapped with inbox
-  std::atomic<bool> inbox_ready{false};
-  // True from the last work check before sleeping until awake again; pairs
-  // with inbox_ready (Dekker) so a routed wake is never stranded.
-  std::atomic<bool> sleeping{false};
 
   bool is_searching = false;   // owner only
   bool parking = false;        // owner only
@@ -79,7 +68,7 @@ struct alignas(64) Worker {
   std::thread thread;
   // Written by the owner, read by metrics().
   std::atomic<std::uint64_t> polls{0}, steals{0}, stolen{0}, parks{0}, lifo_polls{0},
-      overflows{0}, injector_pops{0}, spawned{0}, routed{0};
+      overflows{0}, injector_pops{0}, spawned{0};
 
   std::uint32_t next_rand() {
     // xorshift32: cheap, good enough to spread steal victims.
@@ -126,19 +115,12 @@ class MultiThread final : public RuntimeCore {
     // Pushes that raced with shutdown (late wake-ups) landed after its drain;
     // wake quiescence has been waited for, so nothing pushes any more.
     injector_.drain_and_drop();
-    for (auto& w : workers_) drop_inbox(w.get());
   }
 
   // --- Scheduler ---
   void schedule(TaskHeader* t) override {
     Worker* w = tl_worker;
     if (w != nullptr && w->rt == this) {
-      // An I/O wake for a descriptor homed on another worker (affinity.hpp).
-      if (const int home = tl_wake_home;
-          home >= 0 && static_cast<std::size_t>(home) < n_ &&
-          static_cast<std::size_t>(home) != w->index) {
-        if (route_home(workers_[static_cast<std::size_t>(home)].get(), t)) return;
-      }
       schedule_local(w, t, /*is_yield=*/false);
     } else {
       schedule_remote(t);
@@ -209,7 +191,6 @@ class MultiThread final : public RuntimeCore {
     // No worker runs now: every live task is idle and gets cancelled here.
     owned_.close_and_shutdown_all();
     injector_.drain_and_drop();
-    for (auto& w : workers_) drop_inbox(w.get());
   }
 
   RuntimeMetrics metrics() const override {
@@ -255,34 +236,6 @@ class MultiThread final : public RuntimeCore {
     if (w->queue.push_back(t, injector_)) bump(w->overflows);
   }
 
-  // Queues t in h's inbox, unless h sleeps (then the caller runs it: a
-  // cross-core wake-up costs more than the lost locality). False: not queued.
-  bool route_home(Worker* h, TaskHeader* t) {
-    if (h->sleeping.load(std::memory_order_acquire)) return false;
-    {
-      std::lock_guard<SpinLock> g(h->inbox_mu);
-      h->inbox.push_back(t);
-    }
-    // Dekker with park(): h publishes `sleeping` before it reads inbox_ready;
-    // we publish inbox_ready (an RMW) before we read `sleeping`.
-    h->inbox_ready.exchange(true, std::memory_order_seq_cst);
-    if (h->sleeping.load(std::memory_order_seq_cst)) unpark_worker(h);
-    return true;
-  }
-
-  // Moves the inbox into the local queue (where thieves can see it).
-  void drain_inbox(Worker* w) {
-    {
-      std::lock_guard<SpinLock> g(w->inbox_mu);
-      w->inbox_ready.store(false, std::memory_order_relaxed);
-      w->inbox.swap(w->inbox_spare);
-    }
-    bump(w->routed, w->inbox_spare.size());
-    for (TaskHeader* t : w->inbox_spare) push_back(w, t);
-    w->inbox_spare.clear();
-    if (w->queue.len() > 1) notify_parked();
-  }
-
   void schedule_remote(TaskHeader* t) {
     if (injector_.push(t)) notify_parked();
   }
@@ -319,29 +272,27 @@ class MultiThread final : public RuntimeCore {
       if (w->queue.len() > 1) notify_parked();
       return;
     }
-    w->parker.park();
+    if (!driver_) {
+      w->parker.park();
+      return;
+    }
+    // Our descriptors are watched by the driver while we sleep here.
+    if (driver_->begin_sleep()) w->parker.park();
+    driver_->end_sleep();
+    if (TaskHeader* l = std::exchange(w->lifo, nullptr)) push_back(w, l);
+    if (w->queue.len() > 1) notify_parked();
   }
 
   // Every event_interval ticks: let timers and I/O make progress even when
   // the run queues never empty.
-  void maintenance(Worker* w) {
+  void maintenance() {
     if (!driver_) return;
     if (driver_mu_.try_lock()) {
-      driver_->park(std::chrono::nanoseconds(0));
+      driver_->park(std::chrono::nanoseconds(0));  // our set, timers, sleepers' sets
       driver_mu_.unlock();
     } else {
       driver_->poll_io();
     }
-  }
-
-  static void drop_inbox(Worker* w) {
-    std::vector<TaskHeader*> v;
-    {
-      std::lock_guard<SpinLock> g(w->inbox_mu);
-      v.swap(w->inbox);
-      w->inbox_ready.store(false, std::memory_order_relaxed);
-    }
-    for (TaskHeader* t : v) drop_notified(t);
   }
 
   void notify_if_work_pending() {
@@ -370,9 +321,6 @@ class MultiThread final : public RuntimeCore {
     for (TaskHeader* t : w->deferred) drop_notified(t);
     w->deferred.clear();
     while (TaskHeader* t = w->queue.pop()) drop_notified(t);
-    // Later routed wakes see a sleeper and stay with the waking worker.
-    w->sleeping.store(true, std::memory_order_seq_cst);
-    drop_inbox(w);
     if (cfg_.on_thread_stop) cfg_.on_thread_stop();
     tl_runtime = nullptr;
     tl_worker_index = kNoHome;
@@ -384,7 +332,7 @@ class MultiThread final : public RuntimeCore {
       ++w->tick;
       if (w->tick - w->last_event_tick >= cfg_.event_interval) {
         w->last_event_tick = w->tick;
-        maintenance(w);
+        maintenance();
       }
       if (TaskHeader* t = next_task(w)) {
         run_task_on(w, t);
@@ -402,9 +350,7 @@ class MultiThread final : public RuntimeCore {
       // rather than stealing or sleeping while the driver's holder sleeps.
       if (driver_) {
         driver_->poll_io();
-        if (w->lifo != nullptr || w->queue.has_tasks() ||
-            w->inbox_ready.load(std::memory_order_relaxed))
-          continue;
+        if (w->lifo != nullptr || w->queue.has_tasks()) continue;
       }
       if (TaskHeader* t = steal_work(w)) {
         run_task_on(w, t);
@@ -439,7 +385,6 @@ class MultiThread final : public RuntimeCore {
   }
 
   TaskHeader* next_task(Worker* w) {
-    if (w->inbox_ready.load(std::memory_order_relaxed)) drain_inbox(w);
     if (w->tick - w->last_global_tick >= cfg_.global_queue_interval) {
       w->last_global_tick = w->tick;
       // Fairness: remote work first now and then. Take a batch, not one task:
@@ -504,9 +449,6 @@ class MultiThread final : public RuntimeCore {
     if (w->lifo != nullptr || w->queue.has_tasks()) return;
     idle_.transition_worker_to_parked(w->index, w->is_searching);
     w->is_searching = false;
-    // From here on routed wakes either see `sleeping` (and run elsewhere) or
-    // land in the inbox, which the loop below checks after every wake-up.
-    w->sleeping.exchange(true, std::memory_order_seq_cst);
     // Every parking worker (not only the last searcher, as in Tokio) looks
     // once more: a push that happened while we still counted as unparked did
     // not wake anyone, and its task would wait until its owner next looks at
@@ -514,13 +456,9 @@ class MultiThread final : public RuntimeCore {
     notify_if_work_pending();
     w->parking = true;
     while (!injector_.is_closed()) {
-      if (w->inbox_ready.load(std::memory_order_seq_cst)) {
-        w->is_searching = !idle_.unpark_worker_by_id(w->index);
-        break;
-      }
       bump(w->parks);
       park_worker(w);
-      if (w->queue.has_tasks() || w->inbox_ready.load(std::memory_order_seq_cst)) {
+      if (w->queue.has_tasks()) {
         w->is_searching = !idle_.unpark_worker_by_id(w->index);
         break;
       }
@@ -528,7 +466,6 @@ class MultiThread final : public RuntimeCore {
       w->is_searching = true;                  // woken by notify_parked
       break;
     }
-    w->sleeping.store(false, std::memory_order_release);
     w->parking = false;
   }
 
