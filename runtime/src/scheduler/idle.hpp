@@ -80,6 +80,13 @@ class Idle {
     return false;
   }
 
+  // A hint (plain load, may be stale): could a worker be asleep with no one
+  // searching? Callers that must not miss a sleeper use worker_to_notify().
+  bool maybe_sleeping() const {
+    const std::size_t s = state_.load(std::memory_order_relaxed);
+    return num_searching(s) == 0 && num_unparked(s) < num_workers_;
+  }
+
   std::size_t searching() const { return num_searching(state_.load(std::memory_order_relaxed)); }
 
  private:

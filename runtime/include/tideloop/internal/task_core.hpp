@@ -115,6 +115,8 @@ class TaskHeader {
   TaskHeader* owned_next = nullptr;
   std::uint64_t owner_id = 0;   // non-zero while in the set (guarded by its lock)
   std::uint32_t owner_shard = 0;  // set once at bind, before the task is shared
+  // Link in the owner worker's stack of tasks finished on other threads.
+  TaskHeader* owned_removed_next = nullptr;
   // Join protocol: while JOIN_WAKER is clear the JoinHandle owns this field;
   // while it is set the runtime may read it (to wake the joiner at completion).
   Waker join_waker;
