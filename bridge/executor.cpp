@@ -2,20 +2,25 @@
 // runtime's BlockingPool instead of a concurrent.futures.ThreadPoolExecutor.
 //
 // Shape: submit() puts an ExecutorCall into a queue (a mutex held for a push, never while Python
-// runs) and, when no drainer is idle, hands a *drainer* job to the BlockingPool. A drainer takes
-// the GIL once and runs queued calls back to back (at most kMaxCallsPerGilHold, then it lets the
-// GIL go), so a burst of small calls pays one GIL acquisition per batch instead of per call. A
-// call that releases the GIL itself (hashlib, I/O) lets another drainer start the next one, so
-// up to kMaxDrainers run in parallel, the same bound as asyncio's default ThreadPoolExecutor.
+// runs) and, when there are more queued calls than drainers free to take them, wakes a parked
+// drainer or hands a new *drainer* job to the BlockingPool. A drainer takes the GIL once and
+// runs queued calls back to back (at most kMaxCallsPerGilHold, then it lets the GIL go), so a
+// burst of small calls pays one GIL acquisition per batch instead of per call; with the queue
+// empty it releases the GIL and parks (see drain()). A call that releases the GIL itself
+// (hashlib, I/O) lets another drainer start the next one, so up to min(32, cpus + 4) run in
+// parallel, the bound of asyncio's default ThreadPoolExecutor.
 //
 // Results travel back through the loop's BridgeInbox as the ExecutorCall node itself; the bridge
 // thread resolves the asyncio future (futures are not thread-safe). A drainer posts while it still
 // holds the GIL, so it can drop a call whose loop has closed meanwhile: no native thread ever
 // waits for the GIL just to release a reference.
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "loop.hpp"
 #include "tideloop/blocking.hpp"
@@ -94,6 +99,46 @@ void finish_in_flight(LoopObject* loop) {
   Py_DECREF(waiter);
 }
 
+// Thread states of pool threads that have exited, waiting for a thread that holds the GIL to
+// delete them. A pool thread that idles out must not take the GIL on its way out: the
+// BlockingPool joins finished threads inside submit(), which the bridge calls with the GIL held,
+// so an exiting thread waiting for the GIL and the loop thread joining it would wait for each
+// other forever (seen: tests/python/test_executor_reaping.py).
+class DeadThreadStates {
+ public:
+  static DeadThreadStates& get() {
+    static DeadThreadStates* d = new DeadThreadStates();  // never destroyed: threads may exit late
+    return *d;
+  }
+
+  // Any thread, without the GIL.
+  void add(PyThreadState* ts) {
+    std::lock_guard<std::mutex> lock(mu_);
+    states_.push_back(ts);
+    pending_.store(true, std::memory_order_release);
+  }
+
+  // GIL held.
+  void delete_all() {
+    if (!pending_.load(std::memory_order_acquire)) return;
+    std::vector<PyThreadState*> dead;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      dead.swap(states_);
+      pending_.store(false, std::memory_order_relaxed);
+    }
+    for (PyThreadState* ts : dead) {
+      PyThreadState_Clear(ts);
+      PyThreadState_Delete(ts);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<PyThreadState*> states_;  // guarded by mu_
+  std::atomic<bool> pending_{false};
+};
+
 // A pool thread's Python thread state, created at its first Python call and kept until the
 // thread exits: PyGILState_Ensure/Release on a thread without a state would create and destroy
 // one per call (an allocation and the interpreter's thread-list lock each time).
@@ -106,7 +151,7 @@ class PythonThread {
 
   void acquire() {
     if (tstate_ == nullptr) {
-      gstate_ = PyGILState_Ensure();  // creates the state; the GIL is now held
+      PyGILState_Ensure();  // creates the state; the GIL is now held
       tstate_ = PyThreadState_Get();
       return;
     }
@@ -117,15 +162,15 @@ class PythonThread {
 
   ~PythonThread() {
     // Runs when the pool reaps this thread, or when the pool is joined at interpreter exit
-    // (atexit, before finalization). Never touch an interpreter that is going away.
+    // (atexit, before finalization), always with the state detached (drain() released it).
+    // The state is handed over, not deleted here: see DeadThreadStates. Never touch an
+    // interpreter that is going away.
     if (tstate_ == nullptr || !Py_IsInitialized() || _Py_IsFinalizing()) return;
-    PyEval_RestoreThread(tstate_);
-    PyGILState_Release(gstate_);  // last release: deletes the state and drops the GIL
+    DeadThreadStates::get().add(tstate_);
   }
 
  private:
   PyThreadState* tstate_ = nullptr;
-  PyGILState_STATE gstate_{};
 };
 
 class PyExecutor {
@@ -135,6 +180,7 @@ class PyExecutor {
 
   // GIL held. False when the pool was shut down (interpreter exit) or could not start a thread.
   bool submit(ExecutorCall* c) {
+    DeadThreadStates::get().delete_all();
     bool spawn = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -144,13 +190,14 @@ class PyExecutor {
         // The bound of asyncio's default ThreadPoolExecutor: min(32, cpus + 4).
         opts.max_threads = max_drainers_;
         opts.thread_name = "tl-py-executor";
+        // A pool thread only idles in the pool once its drainer retired (parked for
+        // park_timeout() without work): let it go soon after.
+        opts.keep_alive = keep_alive_ms_ > 0 ? std::chrono::milliseconds(keep_alive_ms_)
+                                             : std::chrono::milliseconds(1000);
         pool_ = std::make_unique<BlockingPool>(opts);
       }
       queue_.push_back(c);
-      if (drainers_ - busy_ < queue_.size() && drainers_ < max_drainers_) {
-        ++drainers_;
-        spawn = true;
-      }
+      spawn = ensure_standby();
     }
     if (spawn && !pool_->submit([this]() { drain(); }).ok()) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -175,12 +222,14 @@ class PyExecutor {
       std::lock_guard<std::mutex> lock(mu_);
       shut_down_ = true;
       pool = std::move(pool_);
+      cv_.notify_all();  // parked drainers leave
     }
     if (pool) {
       PyThreadState* ts = PyEval_SaveThread();  // running jobs need the GIL to finish
       pool->shutdown();
       PyEval_RestoreThread(ts);
     }
+    DeadThreadStates::get().delete_all();
     std::deque<ExecutorCall*> left;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -191,41 +240,130 @@ class PyExecutor {
 
   std::size_t max_drainers() const { return max_drainers_; }
 
+  // For _debug_stats(): drainer jobs alive, drainers inside a call, queued calls; the pool's
+  // live, idle threads and queued jobs.
+  void snapshot(std::size_t out[6]) {
+    std::lock_guard<std::mutex> lock(mu_);
+    out[0] = drainers_;
+    out[1] = busy_;
+    out[2] = queue_.size();
+    out[3] = pool_ ? pool_->num_threads() : 0;
+    out[4] = pool_ ? pool_->num_idle() : 0;
+    out[5] = pool_ ? pool_->num_queued() : 0;
+  }
+
+  bool set_keep_alive_ms(long ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pool_) return false;
+    keep_alive_ms_ = ms;
+    return true;
+  }
+
  private:
-  // Runs on a BlockingPool thread.
+  // Runs on a BlockingPool thread. Takes queued calls until there are none, then parks (without
+  // the GIL) for park_timeout() waiting for more before it gives the thread back to the pool.
+  //
+  // Parking here rather than idling in the BlockingPool: a drainer woken by submit() is counted
+  // exactly (parked_/woken_), and a sequence of single calls (await run_in_executor(...) one
+  // after the other) reuses one warm thread. Relying on the pool's idle threads instead lost
+  // parallelism: after such a sequence the pool woke one thread for six queued drainer jobs
+  // (its count of notified idle threads drifted upwards whenever a busy thread took the job an
+  // idle one had been woken for), so 16 GIL-releasing sha256 calls ran one at a time (89 ms
+  // instead of 50 ms in the full benchmark suite; docs/python-api.md).
   void drain() {
     PythonThread& py = PythonThread::current();
     bool have_gil = false;
     int calls_this_hold = 0;
+    std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      ExecutorCall* c;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (queue_.empty()) {
-          --drainers_;
-          break;
+      if (queue_.empty()) {
+        if (have_gil) {  // never park holding the GIL; look again once it is released
+          lock.unlock();
+          py.release();
+          have_gil = false;
+          lock.lock();
+          continue;
         }
-        c = queue_.front();
-        queue_.pop_front();
-        ++busy_;
+        if (shut_down_ || !park(lock)) break;
+        continue;
       }
       if (!have_gil) {
+        // The GIL first, the call second: a drainer waiting for the GIL still counts as the
+        // standby (awake, not inside a call), so no further drainer is woken meanwhile.
+        lock.unlock();
         py.acquire();
         have_gil = true;
         calls_this_hold = 0;
         debug_counters().executor_gil_acquisitions.fetch_add(1, std::memory_order_relaxed);
+        lock.lock();
+        continue;  // the queue may have been emptied meanwhile
       }
+      ExecutorCall* c = queue_.front();
+      queue_.pop_front();
+      ++busy_;
+      // If this call lets the GIL go (hashlib, I/O, sleep), the standby takes the GIL and the
+      // next call: calls that release the GIL run in parallel, one more drainer at a time.
+      const bool spawn = !queue_.empty() && ensure_standby();
+      lock.unlock();
+      if (spawn) start_drainer();
       run(c);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        --busy_;
-      }
       if (++calls_this_hold >= kMaxCallsPerGilHold) {
         py.release();
         have_gil = false;
       }
+      lock.lock();
+      --busy_;
     }
-    if (have_gil) py.release();
+    --drainers_;
+  }
+
+  // mu_ held. Calls are queued: make sure a drainer that is awake and not inside a call (a
+  // standby) will take the next one, by waking a parked drainer or, returning true, asking the
+  // caller to start a new one with start_drainer() once mu_ is released. Only one standby at a
+  // time: a drainer running calls back to back under the GIL gains nothing from more threads
+  // waiting for the GIL (they only make it change hands), and one that releases the GIL in a
+  // call hands it to the standby, which then provides the next standby.
+  bool ensure_standby() {
+    const auto active_free =
+        static_cast<std::ptrdiff_t>(drainers_) - static_cast<std::ptrdiff_t>(busy_) -
+        (static_cast<std::ptrdiff_t>(parked_) - static_cast<std::ptrdiff_t>(woken_));
+    if (active_free > 0) return false;
+    if (parked_ > woken_) {
+      ++woken_;
+      cv_.notify_one();
+      return false;
+    }
+    if (drainers_ < max_drainers_ && !shut_down_ && pool_) {
+      ++drainers_;
+      return true;
+    }
+    return false;
+  }
+
+  // Without mu_, GIL held (so the pool cannot be shut down meanwhile: shutdown() runs with the
+  // GIL until it has taken pool_). Starts the drainer ensure_standby() counted.
+  void start_drainer() {
+    if (pool_->submit([this]() { drain(); }).ok()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    --drainers_;  // the queued calls stay with the drainers that exist
+  }
+
+  // mu_ held. Waits until a call is queued (true) or the park time ran out / shutdown (false).
+  bool park(std::unique_lock<std::mutex>& lock) {
+    ++parked_;
+    const auto deadline = std::chrono::steady_clock::now() + park_timeout();
+    bool timed_out = false;
+    while (queue_.empty() && !shut_down_ && !timed_out) {
+      timed_out = cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+      if (woken_ > 0) --woken_;  // this wake-up used a notification (or was spurious)
+    }
+    --parked_;
+    return !queue_.empty();
+  }
+
+  std::chrono::milliseconds park_timeout() const {
+    return keep_alive_ms_ > 0 ? std::chrono::milliseconds(keep_alive_ms_)
+                              : std::chrono::milliseconds(10000);
   }
 
   // GIL held, on a drainer thread.
@@ -261,8 +399,12 @@ class PyExecutor {
   std::deque<ExecutorCall*> queue_;     // guarded by mu_
   std::size_t drainers_ = 0;            // guarded by mu_: drainer jobs submitted and not finished
   std::size_t busy_ = 0;                // guarded by mu_: drainers inside a call
+  std::size_t parked_ = 0;              // guarded by mu_: drainers waiting in park()
+  std::size_t woken_ = 0;               // guarded by mu_: notifications not yet consumed
+  std::condition_variable cv_;          // a call was queued, or shutdown
   bool shut_down_ = false;              // guarded by mu_
   std::unique_ptr<BlockingPool> pool_;  // created under mu_, used after
+  long keep_alive_ms_ = 0;              // guarded by mu_; test hook, 0: the defaults
   const std::size_t max_drainers_;
 };
 
@@ -339,12 +481,21 @@ void executor_shutdown_pool() {
 
 PyObject* executor_debug_stats() {
   auto& c = debug_counters();
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n}", "native_gil_checks",
+  std::size_t e[6];
+  executor().snapshot(e);
+  return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:K,s:K,s:K,s:n}", "executor_drainers",
+                       (Py_ssize_t)e[0], "executor_busy", (Py_ssize_t)e[1], "executor_queued",
+                       (Py_ssize_t)e[2], "pool_threads", (Py_ssize_t)e[3], "pool_idle",
+                       (Py_ssize_t)e[4], "pool_queued", (Py_ssize_t)e[5], "native_gil_checks",
                        (unsigned long long)c.native_gil_checks.load(), "native_gil_violations",
                        (unsigned long long)c.native_gil_violations.load(), "executor_calls",
                        (unsigned long long)c.executor_calls.load(), "executor_gil_acquisitions",
                        (unsigned long long)c.executor_gil_acquisitions.load(),
                        "executor_max_threads", (Py_ssize_t)executor().max_drainers());
+}
+
+bool executor_set_keep_alive_ms(long ms) {
+  return executor().set_keep_alive_ms(ms);
 }
 
 void executor_debug_reset() {

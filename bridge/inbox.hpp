@@ -1,9 +1,11 @@
 // BridgeInbox: how work reaches the bridge thread from any other thread, and how the bridge is
 // woken only when it actually sleeps.
 //
-// Producers are Python threads calling call_soon_threadsafe() and native threads posting
-// completions (run_in_executor results today; resolver and reaper results later). The consumer
-// is the one thread running the loop. The queue is an intrusive Treiber stack: push is one CAS,
+// Producers are native threads posting completions without the GIL (run_in_executor results
+// today; resolver and reaper results later). Python threads calling call_soon_threadsafe() hold
+// the GIL, as the bridge does whenever it touches its ready queue, so they push onto that queue
+// directly and only use the wake-up half of this file (wake_if_sleeping). The consumer is the
+// one thread running the loop. The queue is an intrusive Treiber stack: push is one CAS,
 // the consumer takes the whole stack with one exchange and reverses it, so each producer's items
 // come out in the order it pushed them. Because the consumer never pops single nodes there is no
 // ABA problem and no node is touched after it was handed over.
@@ -12,7 +14,9 @@
 // kSleeping and re-checks the inbox; a producer pushes, then reads the state and, only if it sees
 // kSleeping and wins the CAS to kNotified, writes the eventfd. Both sides use seq_cst, so either
 // the producer sees kSleeping or the bridge sees the pushed node (Dekker): no lost wake-up, and
-// at most one eventfd write per sleep however many items arrive.
+// at most one eventfd write per sleep however many items arrive. For the ready queue the GIL
+// gives the same guarantee: the bridge stores kSleeping and re-checks the queue before it
+// releases the GIL to block, and a Python producer pushes and reads the state while holding it.
 #pragma once
 
 #include <sys/eventfd.h>
@@ -25,9 +29,9 @@
 namespace tideloop::bridge {
 
 struct InboxNode {
-  enum class Kind : std::uint8_t { kHandle, kExecutorDone };
+  enum class Kind : std::uint8_t { kExecutorDone };
   InboxNode* next = nullptr;
-  Kind kind = Kind::kHandle;
+  Kind kind = Kind::kExecutorDone;
 };
 
 class BridgeInbox {
@@ -86,6 +90,15 @@ class BridgeCore {
   // Any thread: enqueue, and wake the bridge if (and only if) it sleeps.
   void post(InboxNode* node) {
     inbox_.push(node);
+    wake_if_sleeping();
+  }
+
+  // Any thread, after it published work by other means: wake the bridge if (and only if) it
+  // sleeps and nobody woke it yet. Python threads use this after pushing onto the ready queue
+  // under the GIL (loop.cpp, call_soon_threadsafe): the bridge stores kSleeping while it still
+  // holds the GIL and re-checks the ready queue after that store, so a producer that gets the GIL
+  // later sees kSleeping, and one that had it earlier left work the bridge sees.
+  void wake_if_sleeping() {
     if (state_.load(std::memory_order_seq_cst) == kSleeping) {
       int expected = kSleeping;
       if (state_.compare_exchange_strong(expected, kNotified, std::memory_order_seq_cst)) {
@@ -95,10 +108,12 @@ class BridgeCore {
   }
 
   // Bridge thread: announce the intent to block. Returns false (and stays awake) when something
-  // was posted meanwhile, in which case the bridge must not block.
-  bool prepare_sleep() {
+  // was posted meanwhile, in which case the bridge must not block. `idle()` is the caller's own
+  // re-check of work published outside the inbox (the ready queue); it runs after the store.
+  template <class Idle>
+  bool prepare_sleep(Idle&& idle) {
     state_.store(kSleeping, std::memory_order_seq_cst);
-    if (!inbox_.empty_seq_cst()) {
+    if (!inbox_.empty_seq_cst() || !idle()) {
       state_.store(kAwake, std::memory_order_relaxed);
       return false;
     }

@@ -25,18 +25,13 @@ struct LoopObject;
 // (cancel(), cancelled(), get_context(), _run()) in a C object recycled through a free list.
 // Not a GC-tracked container: see handle.cpp for why and how cycles are still collected.
 struct HandleObject {
-  PyObject_HEAD
-      // Link used while the handle travels through BridgeInbox (call_soon_threadsafe from another
-      // thread). Only the bridge thread reads it after the inbox handed the node over.
-      InboxNode node;
-  PyObject* callback;  // NULL once cancelled (asyncio drops callback and args on cancel)
-  // vc_scratch must sit right before arg1: calling with PY_VECTORCALL_ARGUMENTS_OFFSET lets a
-  // bound-method callee borrow args[-1] instead of allocating a new argument array.
-  PyObject* vc_scratch;
-  PyObject* arg1;  // the argument when nargs == 1
-  PyObject* args;  // a tuple when nargs >= 2, else NULL
+  PyObject_HEAD PyObject* callback;  // NULL once cancelled (asyncio drops callback and args)
+  PyObject* arg1;                    // the argument when nargs == 1
+  PyObject* args;                    // a tuple when nargs >= 2, else NULL
   Py_ssize_t nargs;
-  PyObject* context;           // contextvars.Context the callback runs in
+  // contextvars.Context the callback runs in. NULL: an empty context not created yet (the caller
+  // had no variable set); context_of() creates it on first use.
+  PyObject* context;
   LoopObject* loop;            // strong reference, like asyncio.Handle._loop
   PyObject* repr;              // repr frozen at cancel() time in debug mode (asyncio does the same)
   PyObject* source_traceback;  // debug mode only: where the handle was created
@@ -45,20 +40,19 @@ struct HandleObject {
   bool is_timer;
   bool repeating;  // add_reader/add_writer handles run many times; the others run once
 };
+// 96 bytes, pymalloc's 96-byte class: a burst of call_soon_threadsafe allocates tens of thousands
+// of handles at once, and every 16 bytes are fresh pages the producer faults in.
+static_assert(sizeof(HandleObject) <= 96, "keep handles in pymalloc's 96-byte class");
 
 // A callback scheduled by call_later/call_at: asyncio.TimerHandle's contract (when(),
 // ordering by `when`, hash(when)).
-// 176 bytes, kept small on purpose: creating 50k timers measured ~10% slower at 192 bytes (a
+// 160 bytes, kept small on purpose: creating 50k timers measured ~10% slower at 192 bytes (a
 // padded build), from memory traffic alone. "Scheduled" is timer.where != TimerQueue::kNone.
 struct TimerHandleObject {
   HandleObject base;
   TimerEntry timer;  // timer.when: the loop.time() deadline, seconds (exactly as given)
 };
-static_assert(sizeof(TimerHandleObject) <= 176, "keep timer handles in pymalloc's 176-byte class");
-
-inline HandleObject* handle_from_node(InboxNode* n) {
-  return reinterpret_cast<HandleObject*>(reinterpret_cast<char*>(n) - offsetof(HandleObject, node));
-}
+static_assert(sizeof(TimerHandleObject) <= 160, "keep timer handles in pymalloc's 160-byte class");
 
 extern PyTypeObject HandleType;
 extern PyTypeObject TimerHandleType;
@@ -116,6 +110,8 @@ TimerHandleObject* timer_handle_new(double when, PyObject* callback, PyObject* c
 // given to the exception handler) and -1 with an exception set when it must propagate
 // (SystemExit, KeyboardInterrupt, or a failure of the exception handler itself).
 int handle_run(HandleObject* h);
+// The handle's context (borrowed), created now if it was left for later; NULL with an exception.
+PyObject* context_of(HandleObject* h);
 // Drops callback and arguments (after a one-shot handle ran while someone else still holds it).
 void handle_release_callback(HandleObject* h);
 
@@ -140,6 +136,8 @@ void executor_discard(InboxNode* node);
 // Shuts the native pool down (GIL held; released while joining). Called at interpreter exit.
 void executor_shutdown_pool();
 PyObject* executor_debug_stats();
+// Test hook: keep-alive of idle pool threads, effective only before the pool is created.
+bool executor_set_keep_alive_ms(long ms);
 void executor_debug_reset();
 PyObject* debug_probe_native_without_gil();
 

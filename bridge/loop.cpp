@@ -171,12 +171,7 @@ void drain_inbox(LoopObject* self) {
   nodes.clear();
   for (; n != nullptr; n = n->next) nodes.push_back(n);
   for (std::size_t i = nodes.size(); i-- > 0;) {
-    InboxNode* node = nodes[i];
-    if (node->kind == InboxNode::Kind::kHandle) {
-      st.ready.push(handle_from_node(node));
-    } else {
-      executor_deliver(self, node);
-    }
+    executor_deliver(self, nodes[i]);  // the only kind of node so far
   }
   nodes.clear();
 }
@@ -187,11 +182,7 @@ void discard_inbox(LoopObject* self) {
   InboxNode* n = st.core->take_all();
   while (n != nullptr) {
     InboxNode* next = n->next;
-    if (n->kind == InboxNode::Kind::kHandle) {
-      Py_DECREF(handle_from_node(n));
-    } else {
-      executor_discard(n);
-    }
+    executor_discard(n);
     n = next;
   }
 }
@@ -502,7 +493,9 @@ int loop_tick(LoopObject* self, bool* wakeup_checked) {
     std::int64_t timeout_ns = timer_timeout_ns(st);
     if (timeout_ns != 0) {
       install_wakeup_for_run(self, wakeup_checked);
-      if (st.core->prepare_sleep()) {
+      // prepare_sleep() stores kSleeping, then re-checks the inbox; the ready queue is
+      // re-checked after that store too (call_soon_threadsafe pushes onto it under the GIL).
+      if (st.core->prepare_sleep([&] { return st.ready.empty(); })) {
         PyThreadState* ts = PyEval_SaveThread();  // other Python threads run while we wait
         n = st.poller.wait(events, kMaxEventsPerWait, timeout_ns);
         int err = errno;
@@ -592,13 +585,22 @@ PyObject* loop_call_soon_threadsafe(LoopObject* self, PyObject* const* args, Py_
   if (check_callback(self, args[0], "call_soon_threadsafe") < 0) return nullptr;
   HandleObject* h = handle_new(args[0], args + 1, nargs - 1, context, self);
   if (h == nullptr) return nullptr;
-  Py_INCREF(h);
-  if (!self->running || PyThread_get_thread_ident() == self->thread_id) {
-    // The bridge thread itself, or nobody runs the loop: no wake-up needed.
-    S(self).ready.push(h);
-  } else {
-    S(self).core->post(&h->node);  // the inbox owns one reference until the bridge drains it
+  // In debug mode the two calls above ran Python code (callback check, traceback capture),
+  // where another thread may have taken the GIL and closed the loop: check again, right before
+  // the push, with no Python code in between.
+  if (self->closed) {
+    Py_DECREF(h);
+    check_closed(self);  // sets "Event loop is closed"
+    return nullptr;
   }
+  Py_INCREF(h);
+  // Every Python caller holds the GIL, and so does the bridge whenever it touches the ready
+  // queue: the handle goes straight onto it (as asyncio appends to _ready), no lock-free inbox,
+  // no pointer chase at drain time. Only native threads, which run without the GIL, use the
+  // inbox. Then wake the bridge if it sleeps (one load when it is awake or already notified).
+  LoopState& st = S(self);
+  st.ready.push(h);
+  st.core->wake_if_sleeping();
   return (PyObject*)h;
 }
 

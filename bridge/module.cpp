@@ -100,6 +100,11 @@ PyObject* clock_offset(PyObject*, PyObject* arg) {
   set_clock_offset_ns(static_cast<std::int64_t>(sec * 1e9));
   return PyFloat_FromDouble(old);
 }
+PyObject* executor_keep_alive(PyObject*, PyObject* arg) {
+  long ms = PyLong_AsLong(arg);
+  if (ms == -1 && PyErr_Occurred()) return nullptr;
+  return PyBool_FromLong(executor_set_keep_alive_ms(ms));
+}
 PyObject* shutdown_pool(PyObject*, PyObject*) {
   executor_shutdown_pool();
   Py_RETURN_NONE;
@@ -116,6 +121,9 @@ PyMethodDef module_methods[] = {
     {"_debug_clock_offset", clock_offset, METH_O,
      "Test hook: shift loop.time() of every loop by this many seconds (0 restores the real "
      "clock); returns the previous offset."},
+    {"_debug_executor_keep_alive", executor_keep_alive, METH_O,
+     "Test hook: how long (ms) an idle native executor thread lives; only before the pool's "
+     "first use. Returns False if the pool already exists."},
     {"_shutdown_native_pool", shutdown_pool, METH_NOARGS,
      "Join the native executor threads (registered with atexit)."},
     {nullptr, nullptr, 0, nullptr},

@@ -270,3 +270,60 @@ TEST(BlockingPool, ConcurrentSubmitters) {
 }
 
 }  // namespace
+
+namespace {
+
+// Regression: after many one-by-one submits (each taken by the thread that
+// just finished the previous one while another idle thread was notified for
+// it), the pool must still wake or start threads for a burst. A notification
+// counter that drifted up made every burst run on one thread.
+TEST(BlockingPool, BurstAfterSequentialSubmitsRunsInParallel) {
+  BlockingPool pool(opts(6));
+  // Start 6 threads, then let them idle.
+  {
+    std::atomic<int> started{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    bool go = false;
+    for (int i = 0; i < 6; ++i) {
+      ASSERT_TRUE(pool.submit([&] {
+                        started.fetch_add(1);
+                        std::unique_lock<std::mutex> l(mu);
+                        cv.wait(l, [&] { return go; });
+                      })
+                      .ok());
+    }
+    while (started.load() < 6) std::this_thread::sleep_for(1ms);
+    {
+      std::lock_guard<std::mutex> l(mu);
+      go = true;
+    }
+    cv.notify_all();
+  }
+  // Many sequential submits, each waited for.
+  for (int i = 0; i < 2000; ++i) {
+    std::atomic<bool> done{false};
+    ASSERT_TRUE(pool.submit([&] { done.store(true); }).ok());
+    while (!done.load()) std::this_thread::yield();
+  }
+  // A burst of jobs that all wait for each other: only completes if they run
+  // at the same time (bounded wait, so a regression fails instead of hanging).
+  std::atomic<int> arrived{0}, met{0};
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(pool.submit([&] {
+                      arrived.fetch_add(1);
+                      const auto until = std::chrono::steady_clock::now() + 5s;
+                      while (arrived.load() < 6 && std::chrono::steady_clock::now() < until)
+                        std::this_thread::sleep_for(100us);
+                      if (arrived.load() == 6) met.fetch_add(1);
+                    })
+                    .ok());
+  }
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (arrived.load() < 6 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(1ms);
+  pool.shutdown();
+  EXPECT_EQ(met.load(), 6);
+}
+
+}  // namespace

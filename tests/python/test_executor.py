@@ -55,6 +55,24 @@ def test_blocking_calls_do_not_block_loop_and_run_in_parallel(loop):
     assert ticks >= 5
 
 
+def test_parallel_after_a_long_run_of_single_calls(loop):
+    # Calls awaited one by one leave the pool's threads idle in a particular way (the previous
+    # call's thread finishes while the next call is submitted); the next burst must still get
+    # one thread per call. Each job waits for all the others at a barrier: run one at a time,
+    # the barrier breaks (tideloop's executor once ran such bursts on a single thread).
+    width = 4
+
+    async def main():
+        for _ in range(5):
+            for _ in range(200):
+                await loop.run_in_executor(None, int)
+            barrier = threading.Barrier(width)
+            await asyncio.gather(
+                *(loop.run_in_executor(None, barrier.wait, 10) for _ in range(width)))
+
+    loop.run_until_complete(main())
+
+
 def test_many_small_jobs(loop):
     async def main():
         return await asyncio.gather(*(loop.run_in_executor(None, pow, i, 2) for i in range(2000)))

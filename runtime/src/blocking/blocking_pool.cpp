@@ -69,9 +69,14 @@ void BlockingPool::Shared::worker_main(std::shared_ptr<Shared> self, std::uint64
     bool timed_out = false;
     while (queue.empty() && !shutdown && !timed_out) {
       timed_out = cv.wait_until(lock, deadline) == std::cv_status::timeout;
+      // Every wake-up consumes one notification, also when a busy thread took
+      // the job first and this one goes back to waiting. Consuming it only
+      // when leaving the loop let num_notified drift up after one-by-one
+      // submits, until submit() neither woke an idle thread nor started one
+      // (measured: 6 concurrent 20 ms jobs ran one at a time, 121 ms).
+      if (num_notified > 0) --num_notified;
     }
     --num_idle;
-    if (num_notified > 0) --num_notified;
     if (queue.empty() && !shutdown && timed_out) {
       // Reap: move our own std::thread to `finished` so someone else joins it.
       for (auto it = threads.begin(); it != threads.end(); ++it) {
