@@ -76,10 +76,8 @@ class OwnedTasks {
       t->owned_removed_next = head;
     } while (!s.removed.compare_exchange_weak(head, t, std::memory_order_release,
                                               std::memory_order_relaxed));
-    // An estimate (plain load+store, not an RMW: concurrent removers may
-    // lose increments); it only decides when to wake a sleeping owner.
-    const std::uint32_t n = s.pending.load(std::memory_order_relaxed) + 1;
-    s.pending.store(n, std::memory_order_relaxed);
+    // Exact (live() subtracts it); on the cache line the push just took.
+    const std::uint32_t n = s.pending.fetch_add(1, std::memory_order_relaxed) + 1;
     return n % kWakeOwnerAt == 0 ? Removed::kDeferredWakeOwner : Removed::kDeferred;
   }
 
@@ -145,10 +143,16 @@ class OwnedTasks {
 
   bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
-  // Tasks finished on another thread count until their owner drains them.
+  // Tasks finished on another thread and not yet drained by their (maybe
+  // sleeping) owner are not counted, though their blocks are freed only then.
   std::uint64_t live() noexcept {
     std::uint64_t n = 0;
-    for (std::size_t w = 0; w < n_local_; ++w) n += local_[w].count.load(std::memory_order_relaxed);
+    for (std::size_t w = 0; w < n_local_; ++w) {
+      // pending first: a drain between the loads can then only over-count.
+      const std::uint64_t p = local_[w].pending.load(std::memory_order_acquire);
+      const std::uint64_t c = local_[w].count.load(std::memory_order_acquire);
+      n += c > p ? c - p : 0;
+    }
     for (Shard& s : shards_) {
       std::lock_guard<SpinLock> g(s.lock);
       n += s.count;
@@ -167,7 +171,7 @@ class OwnedTasks {
     std::atomic<std::uint64_t> count{0};    // written by the owner only
     // Finished elsewhere, to unlink: pushed by any thread, drained by the owner.
     alignas(64) std::atomic<TaskHeader*> removed{nullptr};
-    std::atomic<std::uint32_t> pending{0};  // about how many were pushed since the last drain
+    std::atomic<std::uint32_t> pending{0};  // pushed, not yet drained
   };
   void unlink_local(LocalShard& s, TaskHeader* t) noexcept {
     if (t->owned_prev) {
@@ -190,7 +194,7 @@ class OwnedTasks {
       t = next;
       ++n;
     }
-    if (n) s.pending.store(0, std::memory_order_relaxed);
+    if (n) s.pending.fetch_sub(n, std::memory_order_relaxed);
   }
   static void unlink(Shard& s, TaskHeader* t) noexcept {
     if (t->owned_prev) {
