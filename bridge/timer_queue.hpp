@@ -124,8 +124,8 @@ class TimerQueue {
   std::size_t cancelled_pending() const { return due_cancelled_ + far_cancelled_; }
 
   static std::uint64_t to_tick(double t) {
-    double x = t * kTicksPerSecond;  // a power of two: exact
-    if (!(x > 0)) return 0;          // past, zero or NaN
+    double x = t * kTicksPerSecond;                 // a power of two: exact
+    if (!(x > 0)) return 0;                         // past, zero or NaN
     constexpr double kMax = 4611686018427387904.0;  // 2^62
     if (x >= kMax) return std::uint64_t{1} << 62;
     return static_cast<std::uint64_t>(x);
@@ -497,7 +497,7 @@ class TimerQueue {
   // nothing to ask the wheel (whose next_expiration() scans up to 6 levels).
   std::uint64_t min_tick_ = kNoTick;
   std::vector<TimerEntry*> registry_;  // wheel entries, lazily maintained (see the header)
-  std::vector<BatchItem> batch_;  // scratch of collect_due/next_wait, reused
+  std::vector<BatchItem> batch_;       // scratch of collect_due/next_wait, reused
   std::uint64_t next_seq_ = 0;
   std::size_t due_cancelled_ = 0;
   std::size_t far_cancelled_ = 0;

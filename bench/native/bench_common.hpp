@@ -49,4 +49,5 @@ class OpTimer {
 
 }  // namespace tlbench
 
-#define TL_BENCH_WORKERS(fn) BENCHMARK(fn)->Arg(1)->Arg(2)->Arg(4)->UseManualTime()->Unit(benchmark::kMicrosecond)
+#define TL_BENCH_WORKERS(fn) \
+  BENCHMARK(fn)->Arg(1)->Arg(2)->Arg(4)->UseManualTime()->Unit(benchmark::kMicrosecond)

@@ -20,10 +20,14 @@ using tlbench::Signal;
 constexpr int kNumSpawn = 10'000;
 
 Runtime make_rt(benchmark::State& s) {
-  return Runtime::Builder::multi_thread().worker_threads(static_cast<std::size_t>(s.range(0))).build();
+  return Runtime::Builder::multi_thread()
+      .worker_threads(static_cast<std::size_t>(s.range(0)))
+      .build();
 }
 
-Task<> empty_task() { co_return; }
+Task<> empty_task() {
+  co_return;
+}
 
 Task<> count_down(std::atomic<int>* rem, Signal* done) {
   if (rem->fetch_sub(1, std::memory_order_relaxed) == 1) done->release();

@@ -11,9 +11,8 @@
 #include <vector>
 
 #include "scheduler/injector.hpp"
-#include "test_support.hpp"
 #include "scheduler/local_queue.hpp"
-
+#include "test_support.hpp"
 
 namespace {
 

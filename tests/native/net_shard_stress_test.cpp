@@ -68,13 +68,7 @@ TEST(NetShardStress, EveryByteArrivesAcrossSleepingAndBusyWorkers) {
     rt.block_on([&]() -> Task<> {
       auto l = TcpListener::bind("127.0.0.1", 0).value();
       const auto addr = l.local_addr().value();
-      auto server = tideloop::spawn([&]() -> Task<> {
-        for (int i = 0; i < kConns; ++i) {
-          auto r = co_await l.accept();
-          if (!r) co_return;
-          tideloop::spawn(tltest::echo_conn(std::move(r->first))).detach();
-        }
-      });
+      auto server = tideloop::spawn(tltest::echo_server(&l, kConns));
       std::vector<JoinHandle<bool>> hs;
       for (int c = 0; c < kConns; ++c)
         hs.push_back(tideloop::spawn(chatty_client(addr, kRounds, 1234u + c)));
@@ -116,6 +110,13 @@ TEST(NetShardStress, IdleRuntimeNeverMissesAnEvent) {
   EXPECT_TRUE(ok);
 }
 
+// Writes until the client goes away.
+Task<> flood(TcpStream s) {
+  std::vector<char> junk(4096, 'x');
+  while (co_await s.write_all(junk.data(), junk.size())) {
+  }
+}
+
 // Connections closed while events for them are in flight on other workers
 // (the peer writes as fast as it can): the deferred release of each shard
 // keeps the dispatch off freed memory (ASan/TSan builds check).
@@ -125,18 +126,7 @@ TEST(NetShardStress, CloseWhileEventsAreDispatched) {
   rt.block_on([&]() -> Task<> {
     auto l = TcpListener::bind("127.0.0.1", 0).value();
     const auto addr = l.local_addr().value();
-    auto server = tideloop::spawn([&]() -> Task<> {
-      for (int i = 0; i < kConns; ++i) {
-        auto r = co_await l.accept();
-        if (!r) co_return;
-        // Floods until the client goes away.
-        tideloop::spawn([](TcpStream s) -> Task<> {
-          std::vector<char> junk(4096, 'x');
-          while (co_await s.write_all(junk.data(), junk.size())) {
-          }
-        }(std::move(r->first))).detach();
-      }
-    });
+    auto server = tideloop::spawn(tltest::serve_n(&l, kConns, flood));
     std::vector<JoinHandle<void>> hs;
     for (int c = 0; c < kConns; ++c) {
       hs.push_back(tideloop::spawn([addr, c]() -> Task<> {

@@ -37,17 +37,24 @@ tideloop::Task<> echo_conn(Stream s) {
   }
 }
 
-// Accepts `n` connections and echoes each in its own task.
-template <class Listener>
-tideloop::Task<> echo_server(Listener* l, int n) {
+// Accepts `n` connections and runs handler(stream) (a Task) for each in its
+// own task.
+template <class Listener, class Handler>
+tideloop::Task<> serve_n(Listener* l, int n, Handler handler) {
   for (int i = 0; i < n; ++i) {
     auto r = co_await l->accept();
     if (!r) {
       ADD_FAILURE() << "accept: " << r.error().message();
       co_return;
     }
-    tideloop::spawn(echo_conn(std::move(r->first))).detach();
+    tideloop::spawn(handler(std::move(r->first))).detach();
   }
+}
+
+// Accepts `n` connections and echoes each in its own task.
+template <class Listener>
+tideloop::Task<> echo_server(Listener* l, int n) {
+  return serve_n(l, n, [](auto s) { return echo_conn(std::move(s)); });
 }
 
 // Open descriptors of this process.

@@ -74,9 +74,9 @@ TEST(OwnedTasksStress, ShutdownWithHandOversPending) {
     {
       auto rt = Runtime::Builder::multi_thread().worker_threads(4).build();
       rt.spawn([&]() -> Task<> {
-        for (long i = 0; i < kTasks; ++i) tideloop::spawn(burn(Counted(&alive), &ran)).detach();
-        co_return;
-      }).detach();
+          for (long i = 0; i < kTasks; ++i) tideloop::spawn(burn(Counted(&alive), &ran)).detach();
+          co_return;
+        }).detach();
       std::this_thread::sleep_for(std::chrono::microseconds(200 * round));
     }  // shutdown: queued tasks are cancelled, finished ones freed
     EXPECT_EQ(alive.load(), 0) << "round " << round;

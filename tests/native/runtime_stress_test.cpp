@@ -16,7 +16,6 @@
 #include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 
-
 namespace {
 
 using namespace std::chrono_literals;

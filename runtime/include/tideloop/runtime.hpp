@@ -37,14 +37,14 @@ struct RuntimeMetrics {
   std::size_t workers = 0;
   std::uint64_t spawned = 0;
   std::uint64_t polls = 0;
-  std::uint64_t steals = 0;           // steal operations that moved tasks
+  std::uint64_t steals = 0;  // steal operations that moved tasks
   std::uint64_t stolen_tasks = 0;
   std::uint64_t parks = 0;
-  std::uint64_t unparks = 0;          // wake-ups sent to parked workers
+  std::uint64_t unparks = 0;  // wake-ups sent to parked workers
   std::uint64_t injector_pops = 0;
-  std::uint64_t overflows = 0;        // local-queue overflows to the injector
+  std::uint64_t overflows = 0;  // local-queue overflows to the injector
   std::uint64_t lifo_polls = 0;
-  std::uint64_t live_tasks = 0;       // spawned and not yet complete
+  std::uint64_t live_tasks = 0;  // spawned and not yet complete
 };
 
 struct RuntimeConfig {
@@ -138,16 +138,14 @@ class Handle {
  public:
   Handle() = default;
   // The runtime of the calling task/worker; throws std::logic_error outside one.
-  static Handle current() {
-    return Handle(internal::current_core_or_throw()->self.lock());
-  }
+  static Handle current() { return Handle(internal::current_core_or_throw()->self.lock()); }
   template <class T>
   JoinHandle<T> spawn(Task<T> task) const {
     return internal::spawn_on(core_.get(), std::move(task));
   }
   template <class F>
-    requires(!internal::IsTask<std::decay_t<F>>::value) && std::is_invocable_v<std::decay_t<F>&>
-  auto spawn(F&& f) const {
+  requires(!internal::IsTask<std::decay_t<F>>::value) &&
+      std::is_invocable_v<std::decay_t<F>&> auto spawn(F&& f) const {
     return internal::spawn_fn_on(core_.get(), std::forward<F>(f));
   }
   bool valid() const { return static_cast<bool>(core_); }
@@ -164,17 +162,47 @@ class Runtime {
    public:
     static Builder multi_thread() { return Builder(true); }
     static Builder current_thread() { return Builder(false); }
-    Builder& worker_threads(std::size_t n) { cfg_.worker_threads = n; return *this; }
-    Builder& thread_name(std::string n) { cfg_.thread_name = std::move(n); return *this; }
-    Builder& on_thread_start(std::function<void()> f) { cfg_.on_thread_start = std::move(f); return *this; }
-    Builder& on_thread_stop(std::function<void()> f) { cfg_.on_thread_stop = std::move(f); return *this; }
-    Builder& global_queue_interval(std::uint32_t n) { cfg_.global_queue_interval = n ? n : 1; return *this; }
-    Builder& event_interval(std::uint32_t n) { cfg_.event_interval = n ? n : 1; return *this; }
-    Builder& disable_lifo_slot() { cfg_.lifo_slot = false; return *this; }
+    Builder& worker_threads(std::size_t n) {
+      cfg_.worker_threads = n;
+      return *this;
+    }
+    Builder& thread_name(std::string n) {
+      cfg_.thread_name = std::move(n);
+      return *this;
+    }
+    Builder& on_thread_start(std::function<void()> f) {
+      cfg_.on_thread_start = std::move(f);
+      return *this;
+    }
+    Builder& on_thread_stop(std::function<void()> f) {
+      cfg_.on_thread_stop = std::move(f);
+      return *this;
+    }
+    Builder& global_queue_interval(std::uint32_t n) {
+      cfg_.global_queue_interval = n ? n : 1;
+      return *this;
+    }
+    Builder& event_interval(std::uint32_t n) {
+      cfg_.event_interval = n ? n : 1;
+      return *this;
+    }
+    Builder& disable_lifo_slot() {
+      cfg_.lifo_slot = false;
+      return *this;
+    }
     // [time/io]
-    Builder& enable_time(bool on) { cfg_.enable_time = on; return *this; }
-    Builder& enable_io(bool on) { cfg_.enable_io = on; return *this; }
-    Builder& max_blocking_threads(std::size_t n) { cfg_.max_blocking_threads = n ? n : 1; return *this; }
+    Builder& enable_time(bool on) {
+      cfg_.enable_time = on;
+      return *this;
+    }
+    Builder& enable_io(bool on) {
+      cfg_.enable_io = on;
+      return *this;
+    }
+    Builder& max_blocking_threads(std::size_t n) {
+      cfg_.max_blocking_threads = n ? n : 1;
+      return *this;
+    }
     Runtime build() { return Runtime(cfg_); }
 
    private:
@@ -212,9 +240,8 @@ class Runtime {
     return jh.join();
   }
   template <class F>
-    requires std::is_invocable_v<std::decay_t<F>&> &&
-             internal::IsTask<std::invoke_result_t<std::decay_t<F>&>>::value
-  auto block_on(F&& f) {
+  requires std::is_invocable_v < std::decay_t<F>
+  & > &&internal::IsTask<std::invoke_result_t<std::decay_t<F>&>>::value auto block_on(F&& f) {
     using Fn = std::decay_t<F>;
     using R = std::invoke_result_t<Fn&>;
     struct Owner {
@@ -228,8 +255,8 @@ class Runtime {
     return internal::spawn_on(core_.get(), std::move(task));
   }
   template <class F>
-    requires(!internal::IsTask<std::decay_t<F>>::value) && std::is_invocable_v<std::decay_t<F>&>
-  auto spawn(F&& f) {
+  requires(!internal::IsTask<std::decay_t<F>>::value) &&
+      std::is_invocable_v<std::decay_t<F>&> auto spawn(F&& f) {
     return internal::spawn_fn_on(core_.get(), std::forward<F>(f));
   }
 
@@ -253,8 +280,8 @@ JoinHandle<T> spawn(Task<T> task) {
   return internal::spawn_on(internal::current_core_or_throw(), std::move(task));
 }
 template <class F>
-  requires(!internal::IsTask<std::decay_t<F>>::value) && std::is_invocable_v<std::decay_t<F>&>
-auto spawn(F&& f) {
+requires(!internal::IsTask<std::decay_t<F>>::value) &&
+    std::is_invocable_v<std::decay_t<F>&> auto spawn(F&& f) {
   return internal::spawn_fn_on(internal::current_core_or_throw(), std::forward<F>(f));
 }
 
@@ -273,7 +300,9 @@ class YieldNow : public internal::LeafAwaiter<YieldNow> {
  private:
   bool yielded_ = false;
 };
-inline YieldNow yield_now() { return {}; }
+inline YieldNow yield_now() {
+  return {};
+}
 
 // The index (0 .. workers-1) of the multi-thread worker running the caller,
 // or -1 on any other thread (block_on callers, the blocking pool, foreign

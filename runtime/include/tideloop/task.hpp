@@ -12,8 +12,8 @@
 
 #include <coroutine>
 #include <cstdint>
-#include <new>
 #include <exception>
+#include <new>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -87,10 +87,8 @@ struct Promise : PromiseBase {
   std::optional<T> value;
   Task<T> get_return_object() noexcept;
   template <class U = T>
-    requires std::is_convertible_v<U&&, T>
-  void return_value(U&& v) {
-    value.emplace(std::forward<U>(v));
-  }
+  requires std::is_convertible_v<U&&, T>
+  void return_value(U&& v) { value.emplace(std::forward<U>(v)); }
   T take() {
     if (exception) std::rethrow_exception(exception);
     return std::move(*value);

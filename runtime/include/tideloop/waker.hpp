@@ -10,10 +10,10 @@
 namespace tideloop {
 
 struct WakerVTable {
-  void* (*clone)(void* data);    // returns data for the new waker (adds a reference)
-  void (*wake)(void* data);      // wakes and consumes this reference
+  void* (*clone)(void* data);  // returns data for the new waker (adds a reference)
+  void (*wake)(void* data);    // wakes and consumes this reference
   void (*wake_by_ref)(void* data);
-  void (*drop)(void* data);      // releases this reference
+  void (*drop)(void* data);  // releases this reference
 };
 
 class Waker {
@@ -21,7 +21,8 @@ class Waker {
   Waker() = default;
   Waker(void* data, const WakerVTable* vt) : data_(data), vt_(vt) {}
   Waker(const Waker& o) : data_(o.vt_ ? o.vt_->clone(o.data_) : nullptr), vt_(o.vt_) {}
-  Waker(Waker&& o) noexcept : data_(std::exchange(o.data_, nullptr)), vt_(std::exchange(o.vt_, nullptr)) {}
+  Waker(Waker&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), vt_(std::exchange(o.vt_, nullptr)) {}
   Waker& operator=(const Waker& o) {
     if (this != &o) *this = Waker(o);
     return *this;

@@ -6,8 +6,6 @@
 // ThreadSanitizer annotations, so TSan cannot see absl::Mutex's
 // happens-before and reports every access to the queue as a race; it
 // intercepts pthread mutexes.
-#include "tideloop/blocking.hpp"
-
 #include <pthread.h>
 
 #include <chrono>
@@ -19,6 +17,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "tideloop/blocking.hpp"
 
 namespace tideloop {
 
@@ -98,7 +97,9 @@ BlockingPool::BlockingPool(Options opts) : shared_(std::make_shared<Shared>()) {
   if (shared_->opts.max_threads == 0) shared_->opts.max_threads = 1;
 }
 
-BlockingPool::~BlockingPool() { shutdown(); }
+BlockingPool::~BlockingPool() {
+  shutdown();
+}
 
 absl::Status BlockingPool::submit(absl::AnyInvocable<void() &&> job) {
   Shared& s = *shared_;

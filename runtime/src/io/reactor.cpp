@@ -7,9 +7,8 @@
 // never completes.
 #include "io/reactor.hpp"
 
-#include <netinet/in.h>
-
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -378,7 +377,6 @@ IoHome* Reactor::pick_home() {
   }
   return home_on(best);
 }
-
 
 // --- IoRegistration ---
 

@@ -198,12 +198,12 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   // A worker's socket epoll set (see the file comment).
   struct alignas(64) Shard {
     int ep = -1;
-    SpinLock mu;                          // one harvester at a time
+    SpinLock mu;                             // one harvester at a time
     std::vector<struct epoll_event> events;  // guarded by mu
-    bool maybe_more = false;              // guarded by mu: the last batch was full
-    std::atomic<bool> asleep{false};      // its worker sleeps: the driver harvests it
-    std::atomic<std::size_t> fds{0};      // registered descriptors
-    std::vector<IoState*> release;        // guarded by reg_mu_: deregistered, ref to drop
+    bool maybe_more = false;                 // guarded by mu: the last batch was full
+    std::atomic<bool> asleep{false};         // its worker sleeps: the driver harvests it
+    std::atomic<std::size_t> fds{0};         // registered descriptors
+    std::vector<IoState*> release;           // guarded by reg_mu_: deregistered, ref to drop
     std::atomic<bool> has_release{false};
   };
   // Collects one set's events (non-blocking) and dispatches them. Caller
@@ -229,8 +229,8 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   std::vector<struct epoll_event> events_;  // guarded by harvest_mu_
   std::atomic<int> park_state_{kIdle};
   std::mutex reg_mu_;
-  IoState* reg_head_ = nullptr;    // guarded by reg_mu_
-  bool shutdown_ = false;          // guarded by reg_mu_
+  IoState* reg_head_ = nullptr;  // guarded by reg_mu_
+  bool shutdown_ = false;        // guarded by reg_mu_
   // In-process loopback connections (scheduler/affinity.hpp): the first end
   // registered (connecting or accepted, whichever wins the race) waits here
   // under the client's port until the other end joins its home.

@@ -111,8 +111,7 @@ class LocalQueue {
     (void)tail;
     // Claim the first half for ourselves (no thief is active: steal == real).
     std::uint64_t prev = pack(head, head);
-    if (!head_.compare_exchange_strong(prev,
-                                       pack(head + kHalf, head + kHalf),
+    if (!head_.compare_exchange_strong(prev, pack(head + kHalf, head + kHalf),
                                        std::memory_order_release, std::memory_order_relaxed)) {
       return false;
     }

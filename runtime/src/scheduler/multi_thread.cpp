@@ -17,10 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "io/event_driver.hpp"  // [time/io]
 #include "scheduler/affinity.hpp"
 #include "scheduler/block_on.hpp"
 #include "scheduler/driver.hpp"
-#include "io/event_driver.hpp"  // [time/io]
 #include "scheduler/idle.hpp"
 #include "scheduler/injector.hpp"
 #include "scheduler/local_queue.hpp"
@@ -55,20 +55,20 @@ struct alignas(64) Worker {
   // True while this worker sleeps in the driver instead of on its futex.
   std::atomic<bool> on_driver{false};
 
-  bool is_searching = false;   // owner only
-  bool parking = false;        // owner only
-  std::uint32_t tick = 0;      // owner only
+  bool is_searching = false;  // owner only
+  bool parking = false;       // owner only
+  std::uint32_t tick = 0;     // owner only
   // Ticks of the last injector check / maintenance (owner only). Compared by
   // distance, not `tick % interval == 0`: LIFO polls advance `tick` by more
   // than one per loop turn, so a modulo test can skip zero forever (e.g. an
   // interval of 4 against a 4-tick LIFO chain) and starve the injector.
   std::uint32_t last_global_tick = 0;
   std::uint32_t last_event_tick = 0;
-  std::uint32_t rng = 0;       // owner only
+  std::uint32_t rng = 0;  // owner only
   std::thread thread;
   // Written by the owner, read by metrics().
-  std::atomic<std::uint64_t> polls{0}, steals{0}, stolen{0}, parks{0}, lifo_polls{0},
-      overflows{0}, injector_pops{0}, spawned{0};
+  std::atomic<std::uint64_t> polls{0}, steals{0}, stolen{0}, parks{0}, lifo_polls{0}, overflows{0},
+      injector_pops{0}, spawned{0};
 
   std::uint32_t next_rand() {
     // xorshift32: cheap, good enough to spread steal victims.
@@ -490,7 +490,7 @@ class MultiThread final : public RuntimeCore {
         break;
       }
       if (idle_.is_parked(w->index)) continue;  // spurious: still a sleeper
-      w->is_searching = true;                  // woken by notify_parked
+      w->is_searching = true;                   // woken by notify_parked
       break;
     }
     w->parking = false;

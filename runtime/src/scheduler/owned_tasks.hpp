@@ -167,21 +167,25 @@ class OwnedTasks {
     std::uint64_t count = 0;
   };
   struct alignas(64) LocalShard {
-    TaskHeader* head = nullptr;             // owner worker only
-    std::atomic<std::uint64_t> count{0};    // written by the owner only
+    TaskHeader* head = nullptr;           // owner worker only
+    std::atomic<std::uint64_t> count{0};  // written by the owner only
     // Finished elsewhere, to unlink: pushed by any thread, drained by the owner.
     alignas(64) std::atomic<TaskHeader*> removed{nullptr};
     std::atomic<std::uint32_t> pending{0};  // pushed, not yet drained
   };
-  void unlink_local(LocalShard& s, TaskHeader* t) noexcept {
+  // Takes t out of the list headed by `head`.
+  static void unlink_from(TaskHeader*& head, TaskHeader* t) noexcept {
     if (t->owned_prev) {
       t->owned_prev->owned_next = t->owned_next;
     } else {
-      s.head = t->owned_next;
+      head = t->owned_next;
     }
     if (t->owned_next) t->owned_next->owned_prev = t->owned_prev;
     t->owned_prev = t->owned_next = nullptr;
     t->owner_id = 0;
+  }
+  static void unlink_local(LocalShard& s, TaskHeader* t) noexcept {
+    unlink_from(s.head, t);
     s.count.store(s.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   }
   void drain_removed(LocalShard& s) noexcept {
@@ -197,14 +201,7 @@ class OwnedTasks {
     if (n) s.pending.fetch_sub(n, std::memory_order_relaxed);
   }
   static void unlink(Shard& s, TaskHeader* t) noexcept {
-    if (t->owned_prev) {
-      t->owned_prev->owned_next = t->owned_next;
-    } else {
-      s.head = t->owned_next;
-    }
-    if (t->owned_next) t->owned_next->owned_prev = t->owned_prev;
-    t->owned_prev = t->owned_next = nullptr;
-    t->owner_id = 0;
+    unlink_from(s.head, t);
     --s.count;
   }
 

@@ -34,13 +34,11 @@ class Parker {
   // Wakes the parked thread, or makes its next park() return at once.
   void unpark() noexcept {
     if (state_.exchange(kNotified, std::memory_order_seq_cst) == kParked) {
-      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&state_), FUTEX_WAKE_PRIVATE, 1,
-              nullptr, nullptr, 0);
+      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&state_), FUTEX_WAKE_PRIVATE, 1, nullptr,
+              nullptr, 0);
     }
   }
-  bool is_notified() const noexcept {
-    return state_.load(std::memory_order_seq_cst) == kNotified;
-  }
+  bool is_notified() const noexcept { return state_.load(std::memory_order_seq_cst) == kNotified; }
 
  private:
   static constexpr std::uint32_t kEmpty = 0, kParked = 1, kNotified = 2;

@@ -16,7 +16,9 @@ namespace tideloop::internal {
 using namespace st;
 
 namespace {
-constexpr std::uint64_t ref_count(std::uint64_t s) { return s >> 6; }
+constexpr std::uint64_t ref_count(std::uint64_t s) {
+  return s >> 6;
+}
 
 // Frees a task block and releases its hold on the runtime.
 void dealloc(TaskHeader* t) noexcept;
@@ -44,8 +46,7 @@ void complete(TaskHeader* t) noexcept {
       }
     }
   }
-  const std::uint64_t prev =
-      t->state.fetch_xor(kRunning | kComplete, std::memory_order_acq_rel);
+  const std::uint64_t prev = t->state.fetch_xor(kRunning | kComplete, std::memory_order_acq_rel);
   if (!(prev & kJoinInterest)) {
     t->drop_output();
   } else if (prev & kJoinWaker) {
@@ -115,9 +116,15 @@ void* waker_clone(void* d) {
   ref_inc(static_cast<TaskHeader*>(d));
   return d;
 }
-void waker_wake(void* d) { wake_by_val(static_cast<TaskHeader*>(d)); }
-void waker_wake_by_ref(void* d) { wake_by_ref(static_cast<TaskHeader*>(d)); }
-void waker_drop(void* d) { ref_dec(static_cast<TaskHeader*>(d)); }
+void waker_wake(void* d) {
+  wake_by_val(static_cast<TaskHeader*>(d));
+}
+void waker_wake_by_ref(void* d) {
+  wake_by_ref(static_cast<TaskHeader*>(d));
+}
+void waker_drop(void* d) {
+  ref_dec(static_cast<TaskHeader*>(d));
+}
 constexpr WakerVTable kTaskWakerVTable{waker_clone, waker_wake, waker_wake_by_ref, waker_drop};
 
 }  // namespace
@@ -142,7 +149,9 @@ void* task_alloc(std::size_t n) {
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
-void task_free(void* p, std::size_t) noexcept { std::free(p); }
+void task_free(void* p, std::size_t) noexcept {
+  std::free(p);
+}
 #else
 // Task blocks (cell + coroutine frame) are allocated and freed at spawn rate,
 // mostly on the same worker. A per-thread free list per 64-byte size class
@@ -153,7 +162,7 @@ void task_free(void* p, std::size_t) noexcept { std::free(p); }
 namespace {
 constexpr std::size_t kBlockHeader = 16;  // keeps 16-byte alignment
 constexpr std::size_t kClassBytes = 64;
-constexpr std::size_t kClasses = 16;      // cached sizes up to 1 KiB
+constexpr std::size_t kClasses = 16;  // cached sizes up to 1 KiB
 constexpr std::uint32_t kMaxCachedPerClass = 4096;
 
 struct FreeBlock {
@@ -217,7 +226,9 @@ void task_free(void* p, std::size_t) noexcept {
 #endif
 
 namespace {
-void dealloc(TaskHeader* t) noexcept { t->destroy(); }
+void dealloc(TaskHeader* t) noexcept {
+  t->destroy();
+}
 }  // namespace
 
 Waker TaskHeader::waker() {
@@ -225,7 +236,9 @@ Waker TaskHeader::waker() {
   return Waker(this, &kTaskWakerVTable);
 }
 
-void ref_inc(TaskHeader* t) noexcept { t->state.fetch_add(kRefOne, std::memory_order_relaxed); }
+void ref_inc(TaskHeader* t) noexcept {
+  t->state.fetch_add(kRefOne, std::memory_order_relaxed);
+}
 
 void ref_dec(TaskHeader* t) noexcept {
   if (ref_count(t->state.fetch_sub(kRefOne, std::memory_order_acq_rel)) == 1) dealloc(t);
@@ -286,7 +299,9 @@ void run_task(TaskHeader* t) noexcept {
   }
 }
 
-void drop_notified(TaskHeader* t) noexcept { ref_dec(t); }
+void drop_notified(TaskHeader* t) noexcept {
+  ref_dec(t);
+}
 
 void shutdown_task(TaskHeader* t) noexcept {
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
@@ -404,8 +419,12 @@ void* parker_clone(void* d) {
   static_cast<SharedParker*>(d)->ref();
   return d;
 }
-void parker_wake_by_ref(void* d) { static_cast<SharedParker*>(d)->parker.unpark(); }
-void parker_drop(void* d) { static_cast<SharedParker*>(d)->unref(); }
+void parker_wake_by_ref(void* d) {
+  static_cast<SharedParker*>(d)->parker.unpark();
+}
+void parker_drop(void* d) {
+  static_cast<SharedParker*>(d)->unref();
+}
 void parker_wake(void* d) {
   parker_wake_by_ref(d);
   parker_drop(d);

@@ -113,7 +113,7 @@ class TaskHeader {
   // Links in the owner set (OwnedTasks); guarded by that set's shard lock.
   TaskHeader* owned_prev = nullptr;
   TaskHeader* owned_next = nullptr;
-  std::uint64_t owner_id = 0;   // non-zero while in the set (guarded by its lock)
+  std::uint64_t owner_id = 0;     // non-zero while in the set (guarded by its lock)
   std::uint32_t owner_shard = 0;  // set once at bind, before the task is shared
   // Link in the owner worker's stack of tasks finished on other threads.
   TaskHeader* owned_removed_next = nullptr;

@@ -146,8 +146,8 @@ class [[nodiscard]] AcceptAwaiter
     if (fd == kAcceptPending) return false;
     if (fd >= 0) {
       peer_.resize(len);
-      auto reg = tideloop::internal::IoRegistration::adopt_accepted(
-          fd, peer_.data(), static_cast<socklen_t>(len));
+      auto reg = tideloop::internal::IoRegistration::adopt_accepted(fd, peer_.data(),
+                                                                    static_cast<socklen_t>(len));
       if (reg) {
         stream_.emplace(std::move(reg).value());
       } else {
