@@ -347,3 +347,40 @@ TEST(JoinHandle, WakerOutlivesTaskAndRuntime) {
 }
 
 }  // namespace
+
+namespace {
+
+// Awaiting a finished handle spends budget like any other leaf (as in Tokio):
+// a task awaiting many finished handles yields every budget's worth, so other
+// tasks on its worker run in between.
+TEST(JoinHandle, AwaitingFinishedHandlesRespectsTheBudget) {
+  auto rt = make_rt(1);
+  constexpr int kN = 1000;
+  std::vector<JoinHandle<int>> hs;
+  for (int i = 0; i < kN; ++i) hs.push_back(rt.spawn([]() { return 1; }));
+  for (auto& h : hs)
+    while (!h.is_finished()) std::this_thread::sleep_for(1ms);
+  std::atomic<int> progress{0};
+  std::atomic<bool> seen_midway{false};
+  rt.block_on([&]() -> Task<> {
+    auto watcher = tideloop::spawn([&]() -> Task<> {
+      while (progress.load() < kN) {
+        if (progress.load() > 0) seen_midway.store(true);
+        co_await tideloop::yield_now();
+      }
+    });
+    auto awaiter = tideloop::spawn([&]() -> Task<> {
+      int sum = 0;
+      for (auto& h : hs) {
+        sum += co_await h;
+        progress.fetch_add(1);
+      }
+      EXPECT_EQ(sum, kN);
+    });
+    co_await awaiter;
+    co_await watcher;
+  });
+  EXPECT_TRUE(seen_midway.load());
+}
+
+}  // namespace

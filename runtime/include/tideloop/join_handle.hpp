@@ -56,11 +56,13 @@ class [[nodiscard]] JoinHandle {
     explicit Awaiter(JoinHandle* h) : h_(h) {}
     bool poll_ready(internal::TaskHeader* self) {
       if (!h_->cell_) return true;  // await_resume reports the misuse
+      // Budget first, also for a finished task (as Tokio): a loop awaiting
+      // many finished handles still yields every budget's worth.
+      if (!internal::coop_poll_proceed(self)) return false;
       if (internal::is_complete(h_->cell_)) {
         internal::coop_spend();
         return true;
       }
-      if (!internal::coop_poll_proceed(self)) return false;
       if (!waker_) waker_ = self->waker();
       if (internal::join_poll(h_->cell_, waker_)) {
         internal::coop_spend();
