@@ -46,15 +46,16 @@
 // `due_`: they are the next to fire anyway, and the horizon bounds how many there can be (at
 // worst, `due_` then behaves like the binary heap this queue replaced).
 //
-// Far deadlines. TimerWheel clamps a deadline beyond its span into the top level, meant to be
-// re-placed when its slot comes round. That is wrong when the clamped entry sits in the top-level
-// slot the wheel's time is in: next_expiration() then reports that slot one full turn ahead and
-// hides every earlier top-level slot (with 2^-20 s ticks, a 1 h timer next to a 19 h one fired
-// 19 h late; reproduced with the runtime's TimerWheel alone, reported for a fix there). So the
-// bridge never gives the wheel such a deadline: one that is 2^36 - 2^30 ticks or more ahead of
-// the wheel's time waits in `far_` and moves into the wheel once it is closer (or, when the
-// clock jumped past it, straight into the batch being handed out). tests/python/
-// test_timer_order.py moves the clock by up to 40 days.
+// Far deadlines. One that is 2^36 - 2^30 ticks or more ahead of the wheel's time waits in
+// `far_` and moves into the wheel once it is closer (or, when the clock jumped past it, straight
+// into the batch being handed out). This began as a workaround: TimerWheel used to let a clamped
+// beyond-span entry in the current top-level slot hide every nearer top-level slot (with 2^-20 s
+// ticks a 1 h timer next to a 19 h one fired 19 h late). The wheel is fixed now
+// (runtime/src/time/timer_wheel.cpp, tests/native/timer_wheel_far_test.cpp; the Python timer
+// tests also pass with every deadline in the wheel), and the heap stays because it is cheaper
+// for such timers: in the wheel a far entry is re-placed once per span (~72 h) and an advance
+// across N spans visits it N times. tests/python/test_timer_order.py moves the clock by up to
+// 40 days.
 //
 // Every wheel-resident entry is also listed in `registry_` so that the loop can traverse (GC) and
 // clear them: the wheel itself offers no iteration. The list is maintained lazily, because
