@@ -96,7 +96,7 @@ TEST(NetAffinity, LoopbackPeersShareAWorker) {
   RecordProperty("worker0_share", std::to_string(share0));
   // Without affinity a woken task runs wherever the reactor was harvested:
   // connections either pile up on one worker or are split between two.
-  EXPECT_GT(frac, 0.9) << c.together << " together, " << c.apart << " apart";
+  EXPECT_GT(frac, 0.75) << c.together << " together, " << c.apart << " apart";
   // ...and the connections are spread, not all on one worker.
   EXPECT_GT(share0, 0.3);
   EXPECT_LT(share0, 0.7);
