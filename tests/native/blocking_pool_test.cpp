@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/blocking.hpp"
 
 namespace {
@@ -21,26 +22,10 @@ namespace {
 using namespace std::chrono_literals;
 using tideloop::BlockingPool;
 
-template <class F>
-bool eventually(F&& f, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!f()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using tltest::eventually;
 
 // Counts destructions of the live (not moved-from) instance only.
-struct Tracked {
-  std::atomic<int>* destroyed;
-  explicit Tracked(std::atomic<int>* d) : destroyed(d) {}
-  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
-  Tracked(const Tracked&) = delete;
-  ~Tracked() {
-    if (destroyed) destroyed->fetch_add(1);
-  }
-};
+using tltest::Tracked;
 
 // Jobs wait on it until the test opens it.
 class Latch {

@@ -29,51 +29,9 @@ using tltest::scaled;
 // --- test helpers ---
 
 // A reusable event: tasks await it, any thread sets it (waking by value).
-class Signal {
- public:
-  void set() {
-    tideloop::Waker w;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      set_ = true;
-      w = std::move(waker_);
-    }
-    w.wake();
-  }
-  class Awaiter : public tideloop::internal::LeafAwaiter<Awaiter> {
-   public:
-    explicit Awaiter(Signal* s) : s_(s) {}
-    bool poll_ready(tideloop::internal::TaskHeader* t) {
-      std::lock_guard<std::mutex> lk(s_->mu_);
-      if (s_->set_) {
-        s_->set_ = false;
-        return true;
-      }
-      s_->waker_ = t->waker();
-      return false;
-    }
-    void await_resume() noexcept {}
+using tltest::Signal;
 
-   private:
-    Signal* s_;
-  };
-  Awaiter wait() { return Awaiter(this); }
-
- private:
-  std::mutex mu_;
-  bool set_ = false;
-  tideloop::Waker waker_;
-};
-
-template <class F>
-bool eventually(F&& f, std::chrono::milliseconds timeout = 60s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!f()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using tltest::eventually;
 
 struct Hits {
   std::unique_ptr<std::atomic<std::uint8_t>[]> v;
@@ -148,7 +106,8 @@ TEST(RuntimeStress, ManyTasksEachRunExactlyOnce) {
   remote.join();
   long sum = 0;
   for (auto& p : parents) sum += p.join();
-  ASSERT_TRUE(eventually([&] { return done.load() == kTotal; })) << done.load() << " of " << kTotal;
+  ASSERT_TRUE(eventually([&] { return done.load() == kTotal; }, 60s))
+      << done.load() << " of " << kTotal;
   long want = 0;
   for (long p = 0; p < kParents; ++p)
     for (long i = 1; i < kPerParent; i += 2) want += kRemote + p * kPerParent + i;
@@ -156,7 +115,7 @@ TEST(RuntimeStress, ManyTasksEachRunExactlyOnce) {
   hits.expect_each_once();
   const auto m = rt.metrics();
   EXPECT_GE(m.spawned, static_cast<std::uint64_t>(kTotal + kParents));
-  EXPECT_TRUE(eventually([&] { return rt.metrics().live_tasks == 0; }));
+  EXPECT_TRUE(eventually([&] { return rt.metrics().live_tasks == 0; }, 60s));
 }
 
 Task<long> tree(int depth, int fanout) {
@@ -310,7 +269,7 @@ TEST(RuntimeStress, DetachedTaskWhoseLastReferenceIsAForeignWaker) {
     }
     box->waker.reset();
   }
-  EXPECT_TRUE(eventually([&] { return outputs_destroyed.load() == kIters; }))
+  EXPECT_TRUE(eventually([&] { return outputs_destroyed.load() == kIters; }, 60s))
       << outputs_destroyed.load();
 }
 

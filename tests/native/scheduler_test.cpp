@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace {
@@ -28,51 +29,9 @@ using tideloop::Task;
 // --- test helpers ---
 
 // A reusable one-shot event: tasks await it, any thread sets it.
-class Signal {
- public:
-  void set() {
-    tideloop::Waker w;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      set_ = true;
-      w = std::move(waker_);
-    }
-    w.wake();
-  }
-  class Awaiter : public tideloop::internal::LeafAwaiter<Awaiter> {
-   public:
-    explicit Awaiter(Signal* s) : s_(s) {}
-    bool poll_ready(tideloop::internal::TaskHeader* t) {
-      std::lock_guard<std::mutex> lk(s_->mu_);
-      if (s_->set_) {
-        s_->set_ = false;  // consume
-        return true;
-      }
-      s_->waker_ = t->waker();
-      return false;
-    }
-    void await_resume() noexcept {}
+using tltest::Signal;
 
-   private:
-    Signal* s_;
-  };
-  Awaiter wait() { return Awaiter(this); }
-
- private:
-  std::mutex mu_;
-  bool set_ = false;
-  tideloop::Waker waker_;
-};
-
-template <class F>
-bool eventually(F&& f, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!f()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using tltest::eventually;
 
 std::string this_thread_name() {
   char buf[32] = {};
@@ -150,14 +109,7 @@ TEST(MultiThread, OutsideARuntimeHandleCurrentAndSpawnThrow) {
 }
 
 // Counts destructions of the live (not moved-from) instance only.
-struct Tracked {
-  std::atomic<int>* destroyed;
-  explicit Tracked(std::atomic<int>* d) : destroyed(d) {}
-  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
-  ~Tracked() {
-    if (destroyed) destroyed->fetch_add(1);
-  }
-};
+using tltest::Tracked;
 
 Task<int> holds(Tracked t) {
   (void)t;

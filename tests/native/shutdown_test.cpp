@@ -30,27 +30,11 @@ using tideloop::TaskCancelled;
 // --- test helpers ---
 
 // Counts destructions of the live (not moved-from) instance only.
-struct Tracked {
-  std::atomic<int>* destroyed;
-  explicit Tracked(std::atomic<int>* d) : destroyed(d) {}
-  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
-  Tracked(const Tracked&) = delete;
-  ~Tracked() {
-    if (destroyed) destroyed->fetch_add(1);
-  }
-};
+using tltest::Tracked;
 
 using tltest::Gate;
 
-template <class F>
-bool eventually(F&& f, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!f()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using tltest::eventually;
 
 Runtime make_rt(std::size_t workers = 2) {
   return Runtime::Builder::multi_thread().worker_threads(workers).build();

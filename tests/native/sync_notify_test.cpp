@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 #include "tideloop/sync/notify.hpp"
 #include "tideloop/sync/oneshot.hpp"
@@ -13,31 +14,9 @@
 namespace tideloop {
 namespace {
 
-class ProbeTask final : public internal::TaskHeader, public internal::Scheduler {
- public:
-  ProbeTask() : TaskHeader(this) { state.store(internal::st::kRefOne, std::memory_order_relaxed); }
-  std::uint64_t refs() const { return state.load() >> 6; }
-  int wakes() const { return wakes_.load(); }
-  bool poll_future() override { return false; }
-  void cancel_future() override {}
-  void drop_output() override {}
-  void destroy() override {}
-  void schedule(TaskHeader* t) override {
-    wakes_.fetch_add(1);
-    t->state.fetch_and(~internal::st::kNotified);
-    internal::ref_dec(t);
-  }
-  void yield_task(TaskHeader* t) override { schedule(t); }
-  bool release(TaskHeader*) override { return false; }
+using tltest::ProbeTask;
 
- private:
-  std::atomic<int> wakes_{0};
-};
-
-Runtime make_runtime(bool multi) {
-  return multi ? Runtime::Builder::multi_thread().worker_threads(2).build()
-               : Runtime::Builder::current_thread().build();
-}
+using tltest::make_runtime;
 
 class NotifyTest : public ::testing::TestWithParam<bool> {
  protected:

@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 #include "tideloop/sync/oneshot.hpp"
 
@@ -17,46 +18,13 @@ namespace {
 using namespace std::chrono_literals;
 
 // Counts live instances so tests can prove every value is destroyed once.
-struct Counted {
-  static inline std::atomic<int> live{0};
-  int v = 0;
-  explicit Counted(int x) : v(x) { live.fetch_add(1); }
-  Counted(Counted&& o) noexcept : v(o.v) { live.fetch_add(1); }
-  Counted& operator=(Counted&&) = default;
-  ~Counted() { live.fetch_sub(1); }
-};
+using tltest::Counted;
 
 // A stand-in task for polling awaiters by hand: its reference count shows
 // whether a waker is still registered anywhere.
-class ProbeTask final : public internal::TaskHeader, public internal::Scheduler {
- public:
-  ProbeTask() : TaskHeader(this) {
-    // Drop to one reference and no notification: just "idle".
-    state.store(internal::st::kRefOne, std::memory_order_relaxed);
-  }
-  std::uint64_t refs() const { return state.load() >> 6; }
-  int wakes() const { return wakes_.load(); }
+using tltest::ProbeTask;
 
-  bool poll_future() override { return false; }
-  void cancel_future() override {}
-  void drop_output() override {}
-  void destroy() override {}
-  void schedule(TaskHeader* t) override {
-    wakes_.fetch_add(1);
-    t->state.fetch_and(~internal::st::kNotified);
-    internal::ref_dec(t);
-  }
-  void yield_task(TaskHeader* t) override { schedule(t); }
-  bool release(TaskHeader*) override { return false; }
-
- private:
-  std::atomic<int> wakes_{0};
-};
-
-Runtime make_runtime(bool multi) {
-  return multi ? Runtime::Builder::multi_thread().worker_threads(2).build()
-               : Runtime::Builder::current_thread().build();
-}
+using tltest::make_runtime;
 
 class OneshotTest : public ::testing::TestWithParam<bool> {
  protected:

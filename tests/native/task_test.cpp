@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace {
@@ -18,15 +19,7 @@ using tideloop::Runtime;
 using tideloop::Task;
 
 // Counts destructions of the live (not moved-from) instance only.
-struct Tracked {
-  std::atomic<int>* destroyed;
-  explicit Tracked(std::atomic<int>* d) : destroyed(d) {}
-  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
-  Tracked(const Tracked&) = delete;
-  ~Tracked() {
-    if (destroyed) destroyed->fetch_add(1);
-  }
-};
+using tltest::Tracked;
 
 struct CustomError : std::runtime_error {
   int code;
