@@ -101,6 +101,18 @@ int parse_context(const char* fname, PyObject* const* args, Py_ssize_t nargs, Py
   return 0;
 }
 
+// The call_* methods' arguments: at least `min_nargs` positional ones (else TypeError
+// "<fname>() missing <missing>") and the keyword-only context=.
+int parse_call_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                    Py_ssize_t min_nargs, const char* missing, PyObject** context) {
+  if (parse_context(fname, args, nargs, kwnames, context) < 0) return -1;
+  if (nargs < min_nargs) {
+    PyErr_Format(PyExc_TypeError, "%s() missing %s", fname, missing);
+    return -1;
+  }
+  return 0;
+}
+
 int parse_kwnames_slow(const char* fname, PyObject* const* args, Py_ssize_t nargs,
                        PyObject* kwnames, PyObject** context) {
   Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
@@ -551,57 +563,47 @@ int set_origin_tracking(LoopObject* self, bool enabled) {
 
 // --- Python methods -----------------------------------------------------------------------
 
-PyObject* loop_call_soon(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
-                         PyObject* kwnames) {
+// call_soon and call_soon_threadsafe: the same handle onto the same ready queue. Every Python
+// caller holds the GIL, and so does the bridge whenever it touches the ready queue, so a
+// threadsafe call appends directly too (as asyncio appends to _ready); only native threads,
+// which run without the GIL, use the lock-free inbox. A threadsafe call then wakes the bridge
+// if it sleeps (one load when it is awake or already notified).
+inline PyObject* call_soon_impl(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                                PyObject* kwnames, bool threadsafe) {
+  const char* fname = threadsafe ? "call_soon_threadsafe" : "call_soon";
   Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   PyObject* context;
-  if (parse_context("call_soon", args, nargs, kwnames, &context) < 0) return nullptr;
-  if (nargs < 1) {
-    PyErr_SetString(PyExc_TypeError,
-                    "call_soon() missing 1 required positional argument: 'callback'");
+  if (parse_call_args(fname, args, nargs, kwnames, 1, "1 required positional argument: 'callback'",
+                      &context) < 0)
     return nullptr;
-  }
   if (check_closed(self) < 0) return nullptr;
-  if (self->debug && check_thread(self) < 0) return nullptr;
-  if (check_callback(self, args[0], "call_soon") < 0) return nullptr;
-  HandleObject* h = handle_new(args[0], args + 1, nargs - 1, context, self);
-  if (h == nullptr) return nullptr;
-  Py_INCREF(h);
-  S(self).ready.push(h);
-  return (PyObject*)h;
-}
-
-PyObject* loop_call_soon_threadsafe(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
-                                    PyObject* kwnames) {
-  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-  PyObject* context;
-  if (parse_context("call_soon_threadsafe", args, nargs, kwnames, &context) < 0) return nullptr;
-  if (nargs < 1) {
-    PyErr_SetString(PyExc_TypeError,
-                    "call_soon_threadsafe() missing 1 required positional argument: 'callback'");
-    return nullptr;
-  }
-  if (check_closed(self) < 0) return nullptr;
-  if (check_callback(self, args[0], "call_soon_threadsafe") < 0) return nullptr;
+  if (!threadsafe && self->debug && check_thread(self) < 0) return nullptr;
+  if (check_callback(self, args[0], fname) < 0) return nullptr;
   HandleObject* h = handle_new(args[0], args + 1, nargs - 1, context, self);
   if (h == nullptr) return nullptr;
   // In debug mode the two calls above ran Python code (callback check, traceback capture),
-  // where another thread may have taken the GIL and closed the loop: check again, right before
-  // the push, with no Python code in between.
-  if (self->closed) {
+  // where another thread may have taken the GIL and closed the loop: a threadsafe call checks
+  // again, right before the push, with no Python code in between.
+  if (threadsafe && self->closed) {
     Py_DECREF(h);
     check_closed(self);  // sets "Event loop is closed"
     return nullptr;
   }
   Py_INCREF(h);
-  // Every Python caller holds the GIL, and so does the bridge whenever it touches the ready
-  // queue: the handle goes straight onto it (as asyncio appends to _ready), no lock-free inbox,
-  // no pointer chase at drain time. Only native threads, which run without the GIL, use the
-  // inbox. Then wake the bridge if it sleeps (one load when it is awake or already notified).
   LoopState& st = S(self);
   st.ready.push(h);
-  st.core->wake_if_sleeping();
+  if (threadsafe) st.core->wake_if_sleeping();
   return (PyObject*)h;
+}
+
+PyObject* loop_call_soon(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                         PyObject* kwnames) {
+  return call_soon_impl(self, args, nargsf, kwnames, /*threadsafe=*/false);
+}
+
+PyObject* loop_call_soon_threadsafe(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                                    PyObject* kwnames) {
+  return call_soon_impl(self, args, nargsf, kwnames, /*threadsafe=*/true);
 }
 
 PyObject* schedule_timer(LoopObject* self, double when, PyObject* const* args, Py_ssize_t nargs,
@@ -627,12 +629,9 @@ PyObject* loop_call_later(LoopObject* self, PyObject* const* args, Py_ssize_t na
                           PyObject* kwnames) {
   Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   PyObject* context;
-  if (parse_context("call_later", args, nargs, kwnames, &context) < 0) return nullptr;
-  if (nargs < 2) {
-    PyErr_SetString(PyExc_TypeError,
-                    "call_later() missing required arguments 'delay' and 'callback'");
+  if (parse_call_args("call_later", args, nargs, kwnames, 2,
+                      "required arguments 'delay' and 'callback'", &context) < 0)
     return nullptr;
-  }
   if (args[0] == Py_None) {
     PyErr_SetString(PyExc_TypeError, "delay must not be None");
     return nullptr;
@@ -646,11 +645,9 @@ PyObject* loop_call_at(LoopObject* self, PyObject* const* args, Py_ssize_t nargs
                        PyObject* kwnames) {
   Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   PyObject* context;
-  if (parse_context("call_at", args, nargs, kwnames, &context) < 0) return nullptr;
-  if (nargs < 2) {
-    PyErr_SetString(PyExc_TypeError, "call_at() missing required arguments 'when' and 'callback'");
+  if (parse_call_args("call_at", args, nargs, kwnames, 2,
+                      "required arguments 'when' and 'callback'", &context) < 0)
     return nullptr;
-  }
   if (args[0] == Py_None) {
     PyErr_SetString(PyExc_TypeError, "when cannot be None");
     return nullptr;
