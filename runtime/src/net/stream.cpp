@@ -33,18 +33,21 @@ inline ssize_t raw_send(int fd, const void* buf, std::size_t len) {
 bool StreamSocket::IoOp::poll_ready(TaskHeader* self) {
   if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
     return false;
-  const bool done =
-      (kind_ == Kind::kRead || kind_ == Kind::kReadExact) ? poll_read(self) : poll_write(self);
+  const bool done = (kind_ == Kind::kRead || kind_ == Kind::kReadExact)
+                        ? poll_dir<Interest::kRead>(self)
+                        : poll_dir<Interest::kWrite>(self);
   if (done) tideloop::internal::coop_spend();
   return done;
 }
 
-bool StreamSocket::IoOp::poll_read(TaskHeader* self) {
-  const bool all = kind_ == Kind::kReadExact;
+template <Interest kDir>
+bool StreamSocket::IoOp::poll_dir(TaskHeader* self) {
+  constexpr bool kIsRead = kDir == Interest::kRead;
+  const bool all = kind_ == (kIsRead ? Kind::kReadExact : Kind::kWriteAll);
   const int fd = io_->fd();
   for (;;) {
     std::uint64_t snap = 0;
-    switch (io_->poll_ready(Interest::kRead, self, &snap, &ec_)) {
+    switch (io_->poll_ready(kDir, self, &snap, &ec_)) {
       case WaitStatus::kPending:
         return false;
       case WaitStatus::kError:
@@ -53,60 +56,26 @@ bool StreamSocket::IoOp::poll_read(TaskHeader* self) {
         break;
     }
     const std::size_t want = len_ - done_;
-    const ssize_t n = raw_recv(fd, buf_ + done_, want);
+    const ssize_t n = kIsRead ? raw_recv(fd, buf_ + done_, want) : raw_send(fd, buf_ + done_, want);
     if (n > 0) {
       done_ += static_cast<std::size_t>(n);
-      // Less than asked: the socket buffer is drained. With edge-triggered
-      // epoll a new edge reports the next data, so the next read waits
-      // instead of spending a syscall on EAGAIN. (A FIN that came with the
-      // data is kept by the sticky read-closed bit.)
-      if (static_cast<std::size_t>(n) < want) io_->clear_drained(Interest::kRead, snap);
+      // Less than asked: the socket buffer is drained (read) or full (write).
+      // With edge-triggered epoll a new edge reports the change, so the next
+      // call waits instead of spending a syscall on EAGAIN. (A FIN that came
+      // with the data is kept by the sticky read-closed bit.)
+      if (static_cast<std::size_t>(n) < want) io_->clear_drained(kDir, snap);
       if (!all || done_ == len_) return true;
       continue;
     }
     if (n == 0) {
-      // End of stream (or a zero-length request).
-      if (all && done_ < len_) ec_ = asio::error::make_error_code(asio::error::eof);
+      // Read: end of stream (or a zero-length request). Write: a zero-length write.
+      if (kIsRead && all && done_ < len_) ec_ = asio::error::make_error_code(asio::error::eof);
       return true;
     }
     const int e = errno;
     if (e == EINTR) continue;
     if (e == EAGAIN || e == EWOULDBLOCK) {
-      io_->clear_ready(Interest::kRead, snap);
-      continue;
-    }
-    ec_ = errno_code(e);
-    return true;
-  }
-}
-
-bool StreamSocket::IoOp::poll_write(TaskHeader* self) {
-  const bool all = kind_ == Kind::kWriteAll;
-  const int fd = io_->fd();
-  for (;;) {
-    std::uint64_t snap = 0;
-    switch (io_->poll_ready(Interest::kWrite, self, &snap, &ec_)) {
-      case WaitStatus::kPending:
-        return false;
-      case WaitStatus::kError:
-        return true;
-      case WaitStatus::kReady:
-        break;
-    }
-    const std::size_t want = len_ - done_;
-    const ssize_t n = raw_send(fd, buf_ + done_, want);
-    if (n > 0) {
-      done_ += static_cast<std::size_t>(n);
-      // Less than asked: the send buffer is full; a new edge reports space.
-      if (static_cast<std::size_t>(n) < want) io_->clear_drained(Interest::kWrite, snap);
-      if (!all || done_ == len_) return true;
-      continue;
-    }
-    if (n == 0) return true;  // a zero-length write
-    const int e = errno;
-    if (e == EINTR) continue;
-    if (e == EAGAIN || e == EWOULDBLOCK) {
-      io_->clear_ready(Interest::kWrite, snap);
+      io_->clear_ready(kDir, snap);
       continue;
     }
     ec_ = errno_code(e);

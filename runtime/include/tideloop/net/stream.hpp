@@ -47,8 +47,9 @@ class StreamSocket {
     }
 
    private:
-    bool poll_read(tideloop::internal::TaskHeader* self);
-    bool poll_write(tideloop::internal::TaskHeader* self);
+    // One read (kRead) or write loop; defined in stream.cpp.
+    template <Interest kDir>
+    bool poll_dir(tideloop::internal::TaskHeader* self);
     tideloop::internal::IoRegistration* io_;
     std::byte* buf_;
     std::size_t len_;
