@@ -25,32 +25,9 @@ using tideloop::Runtime;
 using tideloop::Task;
 using tideloop::TaskCancelled;
 
-constexpr long scaled(long release, long asan, long tsan) {
-#if defined(TL_TSAN)
-  (void)release;
-  (void)asan;
-  return tsan;
-#elif defined(TL_ASAN)
-  (void)release;
-  (void)tsan;
-  return asan;
-#else
-  (void)asan;
-  (void)tsan;
-  return release;
-#endif
-}
+using tltest::scaled;
 
-// Counts destructions of the live (not moved-from) instance only.
-struct Tracked {
-  std::atomic<long>* destroyed;
-  explicit Tracked(std::atomic<long>* d) : destroyed(d) {}
-  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
-  Tracked(const Tracked&) = delete;
-  ~Tracked() {
-    if (destroyed) destroyed->fetch_add(1);
-  }
-};
+using Tracked = tltest::BasicTracked<long>;
 
 using tltest::Gate;
 

@@ -10,15 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "tideloop/blocking.hpp"
-
-#if defined(__SANITIZE_THREAD__)
-#define TL_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TL_TSAN 1
-#endif
-#endif
 
 namespace {
 

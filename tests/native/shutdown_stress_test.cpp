@@ -26,21 +26,7 @@ using tideloop::Runtime;
 using tideloop::Task;
 using tideloop::TaskCancelled;
 
-constexpr long scaled(long release, long asan, long tsan) {
-#if defined(TL_TSAN)
-  (void)release;
-  (void)asan;
-  return tsan;
-#elif defined(TL_ASAN)
-  (void)release;
-  (void)tsan;
-  return asan;
-#else
-  (void)asan;
-  (void)tsan;
-  return release;
-#endif
-}
+using tltest::scaled;
 
 // Counts constructions and destructions of live (not moved-from) instances.
 struct Ledger {

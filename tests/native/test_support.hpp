@@ -103,22 +103,24 @@ bool eventually(F&& f, std::chrono::milliseconds timeout = std::chrono::seconds(
 }
 
 // Counts its own destruction (moved-from instances do not count).
-struct Tracked {
-  std::atomic<int>* destroyed;
-  explicit Tracked(std::atomic<int>* d) : destroyed(d) {}
-  Tracked(Tracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
-  Tracked(const Tracked&) = delete;
-  Tracked& operator=(Tracked&& o) noexcept {
+template <class N>
+struct BasicTracked {
+  std::atomic<N>* destroyed;
+  explicit BasicTracked(std::atomic<N>* d) : destroyed(d) {}
+  BasicTracked(BasicTracked&& o) noexcept : destroyed(std::exchange(o.destroyed, nullptr)) {}
+  BasicTracked(const BasicTracked&) = delete;
+  BasicTracked& operator=(BasicTracked&& o) noexcept {
     if (this != &o) {
       if (destroyed) destroyed->fetch_add(1);
       destroyed = std::exchange(o.destroyed, nullptr);
     }
     return *this;
   }
-  ~Tracked() {
+  ~BasicTracked() {
     if (destroyed) destroyed->fetch_add(1);
   }
 };
+using Tracked = BasicTracked<int>;
 
 // Counts live instances (copies and moved-from ones included).
 struct Counted {
