@@ -73,8 +73,6 @@ enum class WaitStatus : std::uint8_t {
 
 // One descriptor registered with a runtime's reactor. Owns the descriptor;
 // move-only. Not part of the public API (AsyncFd and the socket types are).
-struct IoHome;
-
 class IoRegistration {
  public:
   IoRegistration() noexcept = default;
@@ -151,9 +149,9 @@ class IoRegistration {
   }
   WaitStatus poll_ready_slow(Interest i, TaskHeader* self, std::uint64_t* snapshot,
                              std::error_code* ec) noexcept;
-  // Takes over a reference on `home` (null: a new home on this worker).
-  static Result<IoRegistration> adopt_homed(int fd, bool initially_ready, IoHome* home,
-                                            std::uint32_t pair_key);
+  // Registers with the calling thread's reactor (see Reactor::register_fd).
+  static Result<IoRegistration> adopt_as(int fd, bool initially_ready, bool connection,
+                                         std::uint32_t pair_key);
   void clear_bits(std::uint64_t bits, std::uint64_t snapshot) noexcept {
     if (readiness_ == nullptr) return;
     std::uint64_t cur = readiness_->load(std::memory_order_acquire);

@@ -66,7 +66,7 @@ void IoState::set_ready(std::uint64_t bits) noexcept {
 
 Reactor::Reactor(std::size_t workers)
     : workers_(workers == 0 ? 1 : workers),
-      tally_(new std::atomic<int>[workers_]()),
+      tally_(new int[workers_]()),
       shards_(new Shard[workers_]),
       ctx_(1),
       work_(asio::make_work_guard(ctx_)),
@@ -262,35 +262,39 @@ void Reactor::shutdown() {
   }
 }
 
-IoState* Reactor::register_fd(int fd, bool initially_ready, IoHome* home, std::uint32_t pair_key,
+IoState* Reactor::register_fd(int fd, bool initially_ready, bool connection, std::uint32_t pair_key,
                               std::error_code& ec) {
   const int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0 || (!(fl & O_NONBLOCK) && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
     ec = last_errno_code();
-    if (home) home->unref();
     return nullptr;
   }
   std::lock_guard<std::mutex> g(reg_mu_);
   if (shutdown_) {
-    if (home) home->unref();
     ec = std::make_error_code(std::errc::operation_canceled);
     return nullptr;
   }
   // A connection: the second end of an in-process pair joins the first's
-  // home; anything else goes to the least busy worker.
+  // worker; other connections go to the least busy worker.
   IoState* pair_first = nullptr;
-  if (home == nullptr && pair_key != 0 && workers_ > 1) {
+  if (connection && pair_key != 0 && workers_ > 1) {
     if (auto it = pending_pairs_.find(pair_key); it != pending_pairs_.end()) {
       pair_first = it->second;
       pending_pairs_.erase(it);
       pair_first->pair_key = 0;
-      home = pair_first->home;
-      home->ref();
     }
   }
-  if (home == nullptr) home = pick_home();
-  auto* st = new IoState(this, fd, home);
-  Shard& sh = shards_[static_cast<std::size_t>(home->worker) % workers_];
+  const int here = tl_worker_index;
+  int shard;
+  if (pair_first != nullptr) {
+    shard = pair_first->shard;
+  } else if (!connection && here >= 0 && static_cast<std::size_t>(here) < workers_) {
+    shard = here;
+  } else {
+    shard = pick_shard();
+  }
+  auto* st = new IoState(this, fd, shard);
+  Shard& sh = shards_[static_cast<std::size_t>(shard)];
   if (initially_ready) st->readiness.store(kReadable | kWritable, std::memory_order_relaxed);
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
@@ -309,7 +313,8 @@ IoState* Reactor::register_fd(int fd, bool initially_ready, IoHome* home, std::u
     return nullptr;
   }
   st->registered = true;
-  if (pair_first == nullptr && pair_key != 0 && workers_ > 1) {
+  ++tally_[shard];
+  if (pair_first == nullptr && connection && pair_key != 0 && workers_ > 1) {
     // The first end: wait for the other (a stale entry of a port reused
     // before its socket closed is replaced; a hint, never a correctness need).
     auto [it, fresh] = pending_pairs_.try_emplace(pair_key, st);
@@ -330,6 +335,7 @@ void Reactor::deregister(IoState* st, bool close_fd) noexcept {
     std::lock_guard<std::mutex> g(reg_mu_);
     if (!st->registered) return;
     st->registered = false;
+    --tally_[st->shard];
     if (st->reg_prev) {
       st->reg_prev->reg_next = st->reg_next;
     } else {
@@ -344,7 +350,7 @@ void Reactor::deregister(IoState* st, bool close_fd) noexcept {
     }
     if (st->in_epoll) {
       // Explicitly: the fd may have duplicates that keep it in the set.
-      Shard& sh = shards_[static_cast<std::size_t>(st->home->worker) % workers_];
+      Shard& sh = shards_[static_cast<std::size_t>(st->shard)];
       epoll_event ev{};
       ::epoll_ctl(sh.ep, EPOLL_CTL_DEL, st->fd, &ev);
       sh.fds.fetch_sub(1, std::memory_order_relaxed);
@@ -357,25 +363,12 @@ void Reactor::deregister(IoState* st, bool close_fd) noexcept {
   st->set_ready(kClosed);
 }
 
-IoHome* Reactor::home_here() {
-  const int here = tl_worker_index;
-  if (here >= 0 && static_cast<std::size_t>(here) < workers_) return home_on(here);
-  return pick_home();
-}
-
-IoHome* Reactor::pick_home() {
-  if (workers_ < 2) return home_on(0);
+int Reactor::pick_shard() {
   const int here = tl_worker_index;
   int best = here >= 0 && static_cast<std::size_t>(here) < workers_ ? here : 0;
-  int best_n = tally_[best].load(std::memory_order_relaxed);
-  for (std::size_t i = 0; i < workers_; ++i) {
-    const int n = tally_[i].load(std::memory_order_relaxed);
-    if (n < best_n) {
-      best = static_cast<int>(i);
-      best_n = n;
-    }
-  }
-  return home_on(best);
+  for (std::size_t i = 0; i < workers_; ++i)
+    if (tally_[i] < tally_[best]) best = static_cast<int>(i);
+  return best;
 }
 
 // --- IoRegistration ---
@@ -400,14 +393,7 @@ std::uint32_t loopback_key(const sockaddr* a, socklen_t len) {
 }  // namespace
 
 Result<IoRegistration> IoRegistration::adopt(int fd, bool initially_ready) {
-  const std::shared_ptr<Reactor>* r;
-  try {
-    r = &current_reactor();
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  return adopt_homed(fd, initially_ready, (*r)->home_here(), 0);
+  return adopt_as(fd, initially_ready, /*connection=*/false, 0);
 }
 
 Result<IoRegistration> IoRegistration::adopt_connection(int fd, bool initially_ready,
@@ -421,26 +407,25 @@ Result<IoRegistration> IoRegistration::adopt_connection(int fd, bool initially_r
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0)
       key = loopback_key(reinterpret_cast<sockaddr*>(&local), len);
   }
-  return adopt_homed(fd, initially_ready, nullptr, key);
+  return adopt_as(fd, initially_ready, /*connection=*/true, key);
 }
 
 Result<IoRegistration> IoRegistration::adopt_accepted(int fd, const sockaddr* peer,
                                                       socklen_t peer_len) {
-  return adopt_homed(fd, true, nullptr, loopback_key(peer, peer_len));
+  return adopt_as(fd, true, /*connection=*/true, loopback_key(peer, peer_len));
 }
 
-Result<IoRegistration> IoRegistration::adopt_homed(int fd, bool initially_ready, IoHome* home,
-                                                   std::uint32_t pair_key) {
+Result<IoRegistration> IoRegistration::adopt_as(int fd, bool initially_ready, bool connection,
+                                                std::uint32_t pair_key) {
   const std::shared_ptr<Reactor>* r;
   try {
     r = &current_reactor();
   } catch (...) {
-    if (home) home->unref();
     ::close(fd);
     throw;
   }
   std::error_code ec;
-  IoState* st = (*r)->register_fd(fd, initially_ready, home, pair_key, ec);
+  IoState* st = (*r)->register_fd(fd, initially_ready, connection, pair_key, ec);
   if (st == nullptr) {
     ::close(fd);
     return ec;

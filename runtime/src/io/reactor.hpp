@@ -77,29 +77,8 @@ namespace tideloop::internal {
 // Socket events dispatched per driver turn; Tokio polls up to 1024 too.
 inline constexpr std::size_t kMaxEventsPerTurn = 1024;
 
-// The worker a descriptor's waiters run on (scheduler/affinity.hpp); shared
-// by both ends of an in-process loopback connection. Counted in its
-// reactor's per-worker tally, which places new connections.
-struct IoHome {
-  IoHome(std::atomic<int>* tally, int w) : tally(tally), worker(w) {
-    if (worker >= 0) tally[worker].fetch_add(1, std::memory_order_relaxed);
-  }
-  ~IoHome() {
-    if (worker >= 0) tally[worker].fetch_sub(1, std::memory_order_relaxed);
-  }
-  void ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
-  void unref() noexcept {
-    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-  std::atomic<int>* const tally;  // the reactor's, one per worker
-  const int worker;               // kNoHome: wakes stay where they happen
-  std::atomic<std::uint32_t> refs{1};
-};
-
 struct IoState {
-  // Takes over the caller's reference on `h`.
-  IoState(Reactor* r, int fd_, IoHome* h) : reactor(r), fd(fd_), home(h) {}
-  ~IoState() { home->unref(); }
+  IoState(Reactor* r, int fd_, int shard_) : reactor(r), fd(fd_), shard(shard_) {}
 
   void ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
   void unref() noexcept {
@@ -113,7 +92,9 @@ struct IoState {
   std::atomic<std::uint32_t> refs{1};
   Reactor* const reactor;
   const int fd;
-  IoHome* const home;
+  // The worker whose epoll set holds it, and whose queue its waiters wake
+  // onto (scheduler/affinity.hpp). Never changes.
+  const int shard;
   // io_readiness bits and tick (tideloop/io.hpp).
   std::atomic<std::uint64_t> readiness{0};
   SpinLock lock;
@@ -161,23 +142,14 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   // --- any thread ---
   // Registers `fd` (left open on failure). Returns a state holding the
   // caller's reference.
-  // Takes over the caller's reference on `home` (also on failure). A null
-  // home: a connection; `pair_key` (family << 16 | the client's port, 0 if
-  // not loopback) pairs it with the other end if that is ours too.
-  IoState* register_fd(int fd, bool initially_ready, IoHome* home, std::uint32_t pair_key,
+  // A connection goes to the least busy worker, or, with `pair_key`
+  // (family << 16 | the client's port, 0 if not loopback), to the worker of
+  // its other end if that is ours too; anything else to the calling worker.
+  IoState* register_fd(int fd, bool initially_ready, bool connection, std::uint32_t pair_key,
                        std::error_code& ec);
   // Leaves the epoll set; closes the fd when close_fd; wakes waiters (they
   // see kClosed). The caller still holds its reference.
   void deregister(IoState* st, bool close_fd) noexcept;
-
-  // A home for a new connection: the worker with the fewest connections
-  // (the calling worker on ties).
-  IoHome* pick_home();
-  // The calling worker, or pick_home() off the workers.
-  IoHome* home_here();
-  bool multi_worker() const noexcept { return workers_ > 1; }
-  // A home on `worker` (0 .. workers-1).
-  IoHome* home_on(int worker) { return new IoHome(tally_.get(), worker); }
 
  private:
   enum : int { kIdle = 0, kParked = 1, kNotified = 2 };
@@ -214,9 +186,12 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   std::size_t harvest_main();
   void rearm(std::size_t k);
   void release_deferred(Shard& sh);
+  // The worker with the fewest registered descriptors (the calling worker on
+  // ties). Caller holds reg_mu_.
+  int pick_shard();
 
   const std::size_t workers_;
-  std::unique_ptr<std::atomic<int>[]> tally_;  // connections homed per worker
+  std::unique_ptr<int[]> tally_;  // guarded by reg_mu_: descriptors per worker's set
   std::unique_ptr<Shard[]> shards_;
   asio::io_context ctx_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
@@ -233,7 +208,7 @@ class Reactor : public std::enable_shared_from_this<Reactor> {
   bool shutdown_ = false;        // guarded by reg_mu_
   // In-process loopback connections (scheduler/affinity.hpp): the first end
   // registered (connecting or accepted, whichever wins the race) waits here
-  // under the client's port until the other end joins its home.
+  // under the client's port until the other end joins its worker.
   absl::flat_hash_map<std::uint32_t, IoState*> pending_pairs_;  // guarded by reg_mu_
 };
 
