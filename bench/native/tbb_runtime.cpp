@@ -3,6 +3,7 @@
 // ns_per_op counter as bench_runtime.cpp. The arena has exactly `workers`
 // threads and no slot reserved for the benchmark thread, which, like
 // Tokio's block_on thread, waits outside the pool for a completion signal.
+#include <tbb/global_control.h>
 #include <tbb/task_arena.h>
 #include <tbb/task_group.h>
 
@@ -17,9 +18,22 @@ using tlbench::Signal;
 
 constexpr int kNumSpawn = 10'000;
 
+// oneTBB caps its worker threads at (CPUs - 1) unless told otherwise, so an
+// arena of 2 or 4 slots on a 2-CPU machine would silently run on 1 worker.
+// Raise the cap to the arena size for the duration of one case, as a user
+// asking for N threads would (the arena reserves no slot for this thread).
+struct Workers {
+  explicit Workers(const benchmark::State& s)
+      : n(static_cast<int>(s.range(0))),
+        cap(tbb::global_control::max_allowed_parallelism, static_cast<std::size_t>(n) + 1) {}
+  int n;
+  tbb::global_control cap;
+};
+
 // 10,000 task_group::run calls from inside one task; the last task signals.
 void spawn_many_local(benchmark::State& state) {
-  tbb::task_arena arena(static_cast<int>(state.range(0)), 0);
+  Workers w(state);
+  tbb::task_arena arena(w.n, 0);
   tbb::task_group tg;
   Signal done(0);
   std::atomic<int> rem{0};
@@ -43,7 +57,8 @@ void spawn_many_local(benchmark::State& state) {
 
 // 10,000 enqueues from outside the pool, then wait for all of them.
 void spawn_many_remote_idle(benchmark::State& state) {
-  tbb::task_arena arena(static_cast<int>(state.range(0)), 0);
+  Workers w(state);
+  tbb::task_arena arena(w.n, 0);
   Signal done(0);
   std::atomic<int> rem{0};
   OpTimer timer(state, kNumSpawn);
@@ -72,7 +87,8 @@ void chain_link(tbb::task_group& tg, Signal& done, int n) {
 // A chain of 1,000 spawns, each task spawning the next.
 void chained_spawn(benchmark::State& state) {
   constexpr int kIter = 1'000;
-  tbb::task_arena arena(static_cast<int>(state.range(0)), 0);
+  Workers w(state);
+  tbb::task_arena arena(w.n, 0);
   tbb::task_group tg;
   Signal done(0);
   OpTimer timer(state, kIter);
