@@ -38,23 +38,26 @@ struct FramePrefix {
   static constexpr std::uint32_t kMagic = 0x7431c0deu;
   std::uint32_t magic;
   std::uint32_t cell_space;
-  bool has_cell;  // the cell in front owns the block; frame delete keeps it
-  char pad[7];
+  std::uint32_t block_bytes;  // the whole block, for the sized task_free
+  bool has_cell;              // the cell in front owns the block; frame delete keeps it
+  char pad[3];
 };
 static_assert(sizeof(FramePrefix) == 16);
 
 inline void* frame_alloc(std::size_t frame, std::size_t cell_space) {
-  auto* base = static_cast<char*>(task_alloc(cell_space + sizeof(FramePrefix) + frame));
+  const std::size_t bytes = cell_space + sizeof(FramePrefix) + frame;
+  auto* base = static_cast<char*>(task_alloc(bytes));
   auto* pre = reinterpret_cast<FramePrefix*>(base + cell_space);
   pre->magic = FramePrefix::kMagic;
   pre->cell_space = static_cast<std::uint32_t>(cell_space);
+  pre->block_bytes = static_cast<std::uint32_t>(bytes);
   pre->has_cell = false;
   return pre + 1;
 }
 inline void frame_free(void* p) noexcept {
   auto* pre = static_cast<FramePrefix*>(p) - 1;
   if (pre->has_cell) return;  // freed with the cell
-  task_free(reinterpret_cast<char*>(pre) - pre->cell_space, 0);
+  task_free(reinterpret_cast<char*>(pre) - pre->cell_space, pre->block_bytes);
 }
 template <class T>
 constexpr std::size_t cell_space() {
@@ -177,13 +180,16 @@ class CoroCell final : public TaskCell<T> {
   static CoroCell* make(Scheduler* s, typename Task<T>::Handle root) {
     auto* pre = static_cast<FramePrefix*>(root.address()) - 1;
     void* mem;
+    std::uint32_t block_bytes;
     if (pre->magic == FramePrefix::kMagic && pre->cell_space >= sizeof(CoroCell)) {
       pre->has_cell = true;
       mem = reinterpret_cast<char*>(pre) - pre->cell_space;
+      block_bytes = pre->block_bytes;
     } else {
       mem = task_alloc(sizeof(CoroCell));
+      block_bytes = sizeof(CoroCell);
     }
-    return ::new (mem) CoroCell(s, root);
+    return ::new (mem) CoroCell(s, root, block_bytes);
   }
 
   bool poll_future() override {
@@ -209,12 +215,14 @@ class CoroCell final : public TaskCell<T> {
     this->out_.template emplace<3>();
   }
   void destroy() override {
+    const std::uint32_t bytes = block_bytes_;
     this->~CoroCell();
-    task_free(this, 0);  // the whole block: cell space + (dead) frame
+    task_free(this, bytes);  // the whole block: cell space + (dead) frame
   }
 
  private:
-  CoroCell(Scheduler* s, typename Task<T>::Handle root) : TaskCell<T>(s), root_(root) {
+  CoroCell(Scheduler* s, typename Task<T>::Handle root, std::uint32_t block_bytes)
+      : TaskCell<T>(s), root_(root), block_bytes_(block_bytes) {
     this->resume_point = root;
   }
   ~CoroCell() { drop_frame(); }
@@ -224,6 +232,7 @@ class CoroCell final : public TaskCell<T> {
     if (root_) std::exchange(root_, {}).destroy();
   }
   typename Task<T>::Handle root_;
+  std::uint32_t block_bytes_;  // what destroy() hands back to task_free
 };
 
 // A spawned plain callable: runs once, to completion.

@@ -50,7 +50,7 @@ class RootScheduler final : public Scheduler {
 class CurrentThread final : public RuntimeCore {
  public:
   explicit CurrentThread(RuntimeConfig cfg)
-      : cfg_(std::move(cfg)), owned_(reinterpret_cast<std::uintptr_t>(this)) {
+      : cfg_(std::move(cfg)), owned_() {
     // [time/io] timers, reactor and blocking pool (runtime/src/io/event_driver.hpp)
     driver_ = make_event_driver(this, cfg_, 1);
   }

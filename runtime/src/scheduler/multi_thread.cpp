@@ -90,7 +90,7 @@ class MultiThread final : public RuntimeCore {
         n_(cfg_.worker_threads ? cfg_.worker_threads
                                : std::max(1u, std::thread::hardware_concurrency())),
         idle_(n_),
-        owned_(reinterpret_cast<std::uintptr_t>(this), n_) {
+        owned_(n_) {
     // [time/io] timers, reactor and blocking pool (runtime/src/io/event_driver.hpp)
     driver_ = make_event_driver(this, cfg_, n_);
   }
@@ -155,6 +155,7 @@ class MultiThread final : public RuntimeCore {
       bump(w->spawned);
       owned_.bind_local(t, w->index);  // no lock: see owned_tasks.hpp
       schedule_local(w, t, /*is_yield=*/false);
+      if (w->lifo == t) tl_fresh_task = t;  // only we can reach it (task_core.hpp)
       return;
     }
     spawned_.fetch_add(1, std::memory_order_relaxed);
@@ -231,6 +232,7 @@ class MultiThread final : public RuntimeCore {
   }
 
   void schedule_local(Worker* w, TaskHeader* t, bool is_yield) {
+    tl_fresh_task = nullptr;  // the slot's occupant may move to the queue
     bool should_notify;
     if (is_yield || !cfg_.lifo_slot) {
       push_back(w, t);

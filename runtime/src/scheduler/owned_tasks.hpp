@@ -34,11 +34,11 @@ class OwnedTasks {
  public:
   static constexpr std::size_t kShards = 64;
 
-  static constexpr std::uint32_t kLocalBase = 1u << 16;  // owner_shard of local shards
+  static constexpr std::uint32_t kLocalBase = kLocalOwnerBase;  // owner_shard of local shards
   static constexpr std::uint32_t kWakeOwnerAt = 1024;
 
-  explicit OwnedTasks(std::uint64_t id, std::size_t local_shards = 0)
-      : id_(id), n_local_(local_shards), local_(new LocalShard[local_shards]) {}
+  explicit OwnedTasks(std::size_t local_shards = 0)
+      : n_local_(local_shards), local_(new LocalShard[local_shards]) {}
 
   // On worker `w` (only that thread): adds t, which carries an owner
   // reference, to w's list. Never fails: a task bound after close (during
@@ -48,7 +48,7 @@ class OwnedTasks {
     LocalShard& s = local_[w];
     if (s.removed.load(std::memory_order_relaxed) != nullptr) drain_removed(s);
     t->owner_shard = kLocalBase + static_cast<std::uint32_t>(w);
-    t->owner_id = id_;
+    t->in_owner_set = true;
     t->owned_prev = nullptr;
     t->owned_next = s.head;
     if (s.head) s.head->owned_prev = t;
@@ -66,7 +66,7 @@ class OwnedTasks {
     if (sh < kLocalBase) return remove(t) ? Removed::kYes : Removed::kNo;
     LocalShard& s = local_[sh - kLocalBase];
     if (static_cast<long>(sh - kLocalBase) == here) {
-      if (t->owner_id != id_) return Removed::kNo;
+      if (!t->in_owner_set) return Removed::kNo;
       unlink_local(s, t);
       return Removed::kYes;
     }
@@ -94,7 +94,7 @@ class OwnedTasks {
     Shard& s = shards_[t->owner_shard];
     std::lock_guard<SpinLock> g(s.lock);
     if (closed_.load(std::memory_order_acquire)) return false;
-    t->owner_id = id_;
+    t->in_owner_set = true;
     t->owned_prev = nullptr;
     t->owned_next = s.head;
     if (s.head) s.head->owned_prev = t;
@@ -107,7 +107,7 @@ class OwnedTasks {
   bool remove(TaskHeader* t) noexcept {
     Shard& s = shards_[t->owner_shard];
     std::lock_guard<SpinLock> g(s.lock);
-    if (t->owner_id != id_) return false;  // popped by close_and_shutdown_all
+    if (!t->in_owner_set) return false;  // popped by close_and_shutdown_all
     unlink(s, t);
     return true;
   }
@@ -182,7 +182,7 @@ class OwnedTasks {
     }
     if (t->owned_next) t->owned_next->owned_prev = t->owned_prev;
     t->owned_prev = t->owned_next = nullptr;
-    t->owner_id = 0;
+    t->in_owner_set = false;
   }
   static void unlink_local(LocalShard& s, TaskHeader* t) noexcept {
     unlink_from(s.head, t);
@@ -205,7 +205,6 @@ class OwnedTasks {
     --s.count;
   }
 
-  const std::uint64_t id_;
   const std::size_t n_local_;
   std::unique_ptr<LocalShard[]> local_;
   std::atomic<bool> closed_{false};
