@@ -49,8 +49,7 @@ class RootScheduler final : public Scheduler {
 
 class CurrentThread final : public RuntimeCore {
  public:
-  explicit CurrentThread(RuntimeConfig cfg)
-      : cfg_(std::move(cfg)), owned_() {
+  explicit CurrentThread(RuntimeConfig cfg) : cfg_(std::move(cfg)), owned_() {
     // [time/io] timers, reactor and blocking pool (runtime/src/io/event_driver.hpp)
     driver_ = make_event_driver(this, cfg_, 1);
   }

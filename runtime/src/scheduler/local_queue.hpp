@@ -81,6 +81,22 @@ class LocalQueue {
     }
   }
 
+  // Owner only, and only when no thread ever steals from this queue (a
+  // runtime with one worker): pop() without the CAS, which would wait for the
+  // store buffer to drain (yield_many/1: 32.5 -> 27.6 ns per yield). Other
+  // threads only read head_ (len(), is_empty()).
+  TaskHeader* pop_unshared() noexcept {
+    const std::uint64_t head = head_.load(std::memory_order_relaxed);
+    const std::uint32_t real = unpack_real(head);
+    const std::uint32_t tail = tail_.load(std::memory_order_relaxed);
+    if (real == tail) return nullptr;
+    const std::uint32_t next_real = real + 1;
+    head_.store(pack(next_real, next_real), std::memory_order_release);
+    if (next_real != tail)
+      prefetch_task(buffer_[next_real & kMask].load(std::memory_order_relaxed));
+    return buffer_[real & kMask].load(std::memory_order_relaxed);
+  }
+
   // Any thread: moves about half of this queue into `dst` (owned by the
   // caller) and returns one task to run, or null.
   TaskHeader* steal_into(LocalQueue& dst, std::uint32_t* moved) noexcept {

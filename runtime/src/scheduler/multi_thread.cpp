@@ -424,7 +424,8 @@ class MultiThread final : public RuntimeCore {
       if (TaskHeader* t = pop_injector_batch(w)) return t;
     }
     if (TaskHeader* t = std::exchange(w->lifo, nullptr)) return t;
-    if (TaskHeader* t = w->queue.pop()) return t;
+    // With one worker nobody steals (steal_work only visits other workers).
+    if (TaskHeader* t = n_ == 1 ? w->queue.pop_unshared() : w->queue.pop()) return t;
     return pop_injector_batch(w);
   }
 
@@ -472,8 +473,12 @@ class MultiThread final : public RuntimeCore {
   void transition_from_searching(Worker* w) {
     if (!w->is_searching) return;
     w->is_searching = false;
-    // The last searcher found work: wake another to look for more.
-    if (idle_.transition_worker_from_searching()) notify_parked();
+    // The last searcher found work: wake another to look for more, if there
+    // is more to see. A lone task (one remote spawn starting a chain) would
+    // only pull the other worker in to steal the chain's next link and move
+    // it between cores. Later pushes wake sleepers (nobody searches now).
+    if (idle_.transition_worker_from_searching() && (w->queue.has_tasks() || !injector_.is_empty()))
+      notify_parked();
   }
 
   void park(Worker* w) {
