@@ -3,6 +3,8 @@
 // Task<>), the closest equivalent of Tokio's `async move { }` block. A good
 // number is a small one: ns_per_op is wall time per spawn / ping / yield.
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -19,9 +21,17 @@ using tlbench::Signal;
 
 constexpr int kNumSpawn = 10'000;
 
+// TIDELOOP_BENCH_LINGER_US=N measures Builder::idle_linger(N us) (default 0,
+// the runtime's default): see docs/benchmarks.md.
+std::chrono::microseconds linger_from_env() {
+  const char* v = std::getenv("TIDELOOP_BENCH_LINGER_US");
+  return std::chrono::microseconds(v ? std::atol(v) : 0);
+}
+
 Runtime make_rt(benchmark::State& s) {
   return Runtime::Builder::multi_thread()
       .worker_threads(static_cast<std::size_t>(s.range(0)))
+      .idle_linger(linger_from_env())
       .build();
 }
 

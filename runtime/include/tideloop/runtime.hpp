@@ -59,6 +59,9 @@ struct RuntimeConfig {
   // Every this many polls a worker polls timers/I/O without blocking.
   std::uint32_t event_interval = 61;
   bool lifo_slot = true;
+  // How long the last awake worker keeps looking for new work before it
+  // sleeps. 0 (the default, as Tokio): sleep at once. See Builder::idle_linger.
+  std::chrono::microseconds idle_linger{0};
   // [time/io] Timers (tideloop/time.hpp) and the I/O reactor (tideloop/net.hpp,
   // io.hpp). On by default; a runtime without them cannot sleep or do I/O.
   bool enable_time = true;
@@ -184,6 +187,17 @@ class Runtime {
     }
     Builder& event_interval(std::uint32_t n) {
       cfg_.event_interval = n ? n : 1;
+      return *this;
+    }
+    // Latency for CPU: when every other worker sleeps, the last one to run
+    // out of work keeps looking (spinning on the global queue and its own
+    // queue, polling its sockets) for up to `d` before it sleeps, so work
+    // arriving from outside the runtime (block_on, other threads) meets an
+    // awake worker instead of paying a wake-up (~30 us on small VMs). Costs
+    // up to `d` of one core per idle episode. Measured with 50 us, see
+    // docs/benchmarks.md. Timers due meanwhile fire when it ends (<= d late).
+    Builder& idle_linger(std::chrono::microseconds d) {
+      cfg_.idle_linger = d;
       return *this;
     }
     Builder& disable_lifo_slot() {

@@ -87,6 +87,9 @@ class Idle {
     return num_searching(s) == 0 && num_unparked(s) < num_workers_;
   }
 
+  // A hint (plain load): is every other worker asleep?
+  bool others_asleep() const { return num_unparked(state_.load(std::memory_order_relaxed)) <= 1; }
+
   std::size_t searching() const { return num_searching(state_.load(std::memory_order_relaxed)); }
 
  private:

@@ -384,6 +384,7 @@ class MultiThread final : public RuntimeCore {
         run_task_on(w, t);
         continue;
       }
+      if (linger(w)) continue;
       park(w);
     }
   }
@@ -479,6 +480,50 @@ class MultiThread final : public RuntimeCore {
     // it between cores. Later pushes wake sleepers (nobody searches now).
     if (idle_.transition_worker_from_searching() && (w->queue.has_tasks() || !injector_.is_empty()))
       notify_parked();
+  }
+
+  // Builder::idle_linger: the last awake worker, out of work, keeps looking
+  // before it sleeps. Only one worker, only when all others sleep, so it never
+  // takes a core from a busy worker. It looks only at the injector and its
+  // own queue (stealing a lone task would move a spawn chain between cores),
+  // and it still counts as searching, so a remote push wakes nobody.
+  bool linger(Worker* w) {
+    if (cfg_.idle_linger.count() <= 0 || !w->is_searching || !idle_.others_asleep()) return false;
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    const auto until = start + cfg_.idle_linger;
+    for (unsigned i = 1;; ++i) {
+      if (w->queue.has_tasks() || w->lifo != nullptr) return true;
+      if (!injector_.is_empty()) {
+        // Coalesce: a producer may be pushing a burst under the injector
+        // lock; taking it task by task makes both sides slow. Wait until
+        // the length holds still for ~2 us, at most 10 us.
+        const auto seen = Clock::now();
+        std::size_t n = injector_.len();
+        auto stable_since = seen;
+        for (;;) {
+          for (int j = 0; j < 32; ++j) __builtin_ia32_pause();
+          const auto now = Clock::now();
+          const std::size_t m = injector_.len();
+          if (m != n) {
+            n = m;
+            stable_since = now;
+          }
+          if (now - stable_since >= std::chrono::microseconds(2) ||
+              now - seen >= std::chrono::microseconds(10))
+            return true;
+        }
+      }
+      if (injector_.is_closed()) return false;
+      if ((i & 63) == 0) {
+        if (Clock::now() >= until) return false;
+        if (driver_) {
+          driver_->poll_io();
+          if (w->lifo != nullptr || w->queue.has_tasks()) return true;
+        }
+      }
+      __builtin_ia32_pause();
+    }
   }
 
   void park(Worker* w) {
