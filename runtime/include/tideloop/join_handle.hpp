@@ -41,7 +41,9 @@ class [[nodiscard]] JoinHandle {
     if (cell_) internal::abort_task(cell_);
   }
   void detach() noexcept {
-    if (cell_) internal::join_drop(std::exchange(cell_, nullptr));
+    if (!cell_) return;
+    internal::TaskCell<T>* c = std::exchange(cell_, nullptr);
+    if (!internal::join_drop_fresh(c)) internal::join_drop(c);
   }
 
   // Blocks until the task completes; returns its value or rethrows.

@@ -31,19 +31,20 @@ void complete(TaskHeader* t) noexcept {
   const std::uint64_t n = 1 + (t->scheduler->release(t) ? 1 : 0);
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
   if (!(cur & kJoinInterest)) {
+    if (ref_count(cur) == n) {
+      // Detached and nobody else holds a reference (the acquire load saw
+      // every other holder's release), so nobody can observe the state any
+      // more: free without publishing COMPLETE (the block's destructor drops
+      // the output). Saves the RMW on every detached task.
+      dealloc(t);
+      return;
+    }
     // Detached (join interest never comes back): drop the output while our
     // references still pin the block, then publish completion and drop both
     // references in one step. Dropping it after the CAS raced with whoever
     // held the last other reference (a Waker) freeing the block: a double
     // destroy of the output, or a use after free.
     t->drop_output();
-    if (ref_count(cur) == n) {
-      // Nobody else holds a reference (the acquire load saw every other
-      // holder's release), so nobody can observe the state any more: free
-      // without publishing COMPLETE. Saves the RMW on every detached task.
-      dealloc(t);
-      return;
-    }
     for (;;) {
       const std::uint64_t next = (cur ^ (kRunning | kComplete)) - n * kRefOne;
       if (t->state.compare_exchange_weak(cur, next, std::memory_order_acq_rel,
@@ -421,16 +422,8 @@ bool join_poll(TaskHeader* t, const Waker& w) noexcept {
 }
 
 void join_drop(TaskHeader* t) noexcept {
+  if (join_drop_fresh(t)) return;  // detached right after a local spawn
   std::uint64_t cur = t->state.load(std::memory_order_acquire);
-  if (t == tl_fresh_task) {
-    // Detached right after a local spawn (see tl_fresh_task): no other thread
-    // can reach t yet, so a store gives up interest and our reference.
-    tl_fresh_task = nullptr;
-    if (!(cur & (kComplete | kJoinWaker))) {
-      t->state.store((cur & ~kJoinInterest) - kRefOne, std::memory_order_relaxed);
-      return;
-    }
-  }
   if (!(cur & (kComplete | kJoinWaker))) {
     // Fast path (detach of a running or queued task): give up interest and
     // our reference in one step. Not complete, so the owner set still holds

@@ -184,6 +184,17 @@ bool join_poll(TaskHeader* t, const Waker& w) noexcept;
 // JoinHandle destructor: releases join interest (and the output, if complete)
 // and the handle's reference.
 void join_drop(TaskHeader* t) noexcept;
+// join_drop's fast path, inline for `spawn(...).detach()`: a task detached
+// while still fresh (see tl_fresh_task) gives up interest and the handle's
+// reference with a plain store. False: not fresh, call join_drop.
+inline bool join_drop_fresh(TaskHeader* t) noexcept {
+  if (t != tl_fresh_task) return false;
+  tl_fresh_task = nullptr;
+  const std::uint64_t cur = t->state.load(std::memory_order_relaxed);
+  if (cur & (st::kComplete | st::kJoinWaker)) return false;
+  t->state.store((cur & ~st::kJoinInterest) - st::kRefOne, std::memory_order_relaxed);
+  return true;
+}
 // Blocks the calling (non-runtime) thread until the task completed.
 void join_block(TaskHeader* t);
 
