@@ -304,6 +304,10 @@ void run_task(TaskHeader* t) noexcept {
   TaskHeader* saved = tl_current_task;
   tl_current_task = t;
   const bool done = t->poll_future();
+  // "Fresh" lasts only inside the poll that spawned the task: after it, the
+  // scheduler may move the LIFO slot's task to the queue (budget, parking)
+  // without going through schedule_local, and a thief may take it.
+  tl_fresh_task = nullptr;
   tl_current_task = saved;
   if (done) {
     complete(t);

@@ -152,7 +152,8 @@ inline thread_local TaskHeader* tl_current_task = nullptr;
 // slot and the local owner list are the worker's, and an unpolled task has
 // no wakers), so join_drop may update its state without an atomic RMW. Set by
 // the multi-thread scheduler's local spawn; cleared when the slot is written
-// again and whenever a task starts running on this thread.
+// again, whenever a task starts running on this thread and when the spawning
+// poll ends (so only the spawning task's own code can see it set).
 inline thread_local TaskHeader* tl_fresh_task = nullptr;
 // Cooperative budget: leaf futures that make progress spend one unit; at zero
 // they report "not ready" and re-queue the task so others (timers, I/O) run.
