@@ -26,6 +26,7 @@
 #include "scheduler/local_queue.hpp"
 #include "scheduler/owned_tasks.hpp"
 #include "scheduler/parker.hpp"
+#include "scheduler/spinlock.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
@@ -502,7 +503,7 @@ class MultiThread final : public RuntimeCore {
         std::size_t n = injector_.len();
         auto stable_since = seen;
         for (;;) {
-          for (int j = 0; j < 32; ++j) __builtin_ia32_pause();
+          for (int j = 0; j < 32; ++j) cpu_relax();
           const auto now = Clock::now();
           const std::size_t m = injector_.len();
           if (m != n) {
@@ -522,7 +523,7 @@ class MultiThread final : public RuntimeCore {
           if (w->lifo != nullptr || w->queue.has_tasks()) return true;
         }
       }
-      __builtin_ia32_pause();
+      cpu_relax();
     }
   }
 

@@ -9,6 +9,15 @@
 
 namespace tideloop::internal {
 
+// One spin-wait step: tells the core we are spinning (x86 `pause`).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
 class SpinLock {
  public:
   void lock() noexcept {
@@ -18,19 +27,13 @@ class SpinLock {
         if (++spins > 64) {
           std::this_thread::yield();
         } else {
-#if defined(__x86_64__) || defined(__i386__)
-          __builtin_ia32_pause();
-#endif
+          cpu_relax();
         }
       }
     }
   }
-  bool try_lock() noexcept {
-    return !locked_.exchange(true, std::memory_order_acquire);
-  }
-  void unlock() noexcept {
-    locked_.store(false, std::memory_order_release);
-  }
+  bool try_lock() noexcept { return !locked_.exchange(true, std::memory_order_acquire); }
+  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
 
  private:
   std::atomic<bool> locked_{false};
