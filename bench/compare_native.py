@@ -42,12 +42,14 @@ DEBIAN_CARGO_REGISTRY = "/usr/share/cargo/registry"
 # Table order; workloads a binary offers beyond these are appended after them.
 WORKLOADS = [
     "spawn_many_local",
+    "spawn_many_local_fn",
     "spawn_many_remote_idle",
     "spawn_many_remote_busy1",
     "spawn_many_remote_busy2",
     "ping_pong",
     "yield_many",
     "chained_spawn",
+    "chained_spawn_fn",
     "timers",
     "timer_cancel",
     "tcp_echo",
@@ -55,6 +57,10 @@ WORKLOADS = [
 # Cases that may never finish (Tokio 1.24's LIFO slot starves the injector); each runs in its
 # own process under a short bound and is reported as DNF when it overruns.
 HANG_PRONE = {"spawn_many_remote_busy2"}
+# tideloop's "_fn" rows spawn plain callables, like oneTBB's task_group::run
+# always does: their oneTBB cell is oneTBB's run of the base workload (measured
+# once, shown on both rows). Tokio has no counterpart (its tasks are futures).
+TBB_SAME_AS = {"spawn_many_local_fn": "spawn_many_local", "chained_spawn_fn": "chained_spawn"}
 
 TOKIO_TARGET = 0.70  # tideloop time / Tokio time
 TBB_TARGET = 1.0  # tideloop time / oneTBB time
@@ -423,6 +429,8 @@ def build_rows(results, keys):
     for (workload, workers) in keys:
         cell = results.get((workload, workers), {})
         t, k, b = cell.get("tideloop"), cell.get("tokio"), cell.get("tbb")
+        if b is None and workload in TBB_SAME_AS:
+            b = results.get((TBB_SAME_AS[workload], workers), {}).get("tbb")
         rk = ratio(t, k, TOKIO_TARGET, PEER_TITLE["tokio"])
         rb = ratio(t, b, TBB_TARGET, PEER_TITLE["tbb"])
         rows.append({
@@ -528,7 +536,9 @@ def markdown_doc(rows, info, notes):
         "",
         "Workloads: Tokio's `benches/rt_multi_threaded.rs` (spawn_many_local, spawn_many_remote_idle, "
         "spawn_many_remote_busy1, spawn_many_remote_busy2, ping_pong, yield_many, chained_spawn; "
-        "ns per spawn / ping / yield), timers (100,000 sleeps spread over 10 ms; ns of overhead per "
+        "ns per spawn / ping / yield; tideloop spawns coroutines, as Tokio spawns futures), "
+        "spawn_many_local_fn and chained_spawn_fn (the same with plain callables as tasks, as oneTBB's "
+        "task_group::run takes; their oneTBB cell is oneTBB's run of the base workload), timers (100,000 sleeps spread over 10 ms; ns of overhead per "
         "timer beyond the window), timer_cancel (ns per create+register+drop of a 1 s sleep), "
         "tcp_echo (64 loopback clients × 1 KiB round trips; ns per round trip).",
     ]
