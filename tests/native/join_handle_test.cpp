@@ -97,8 +97,7 @@ TEST(JoinHandle, IsFinishedBecomesTrue) {
 
 TEST(JoinHandle, JoinFromInsideATaskIsALogicError) {
   auto rt = make_rt();
-  Gate gate;  // keeps the inner task unfinished: join() of a finished task
-              // returns at once, even from a task
+  Gate gate;  // keeps the inner task unfinished
   auto body = [&gate]() -> Task<bool> {
     auto inner = tideloop::spawn([&gate]() -> Task<int> {
       co_await gate.wait();
@@ -112,6 +111,25 @@ TEST(JoinHandle, JoinFromInsideATaskIsALogicError) {
     }
     gate.open();
     EXPECT_EQ(co_await inner, 1);
+    co_return threw;
+  };
+  EXPECT_TRUE(rt.block_on(body));
+}
+
+// Also for a task that already finished: the misuse is reported every time,
+// not only when the timing makes it block.
+TEST(JoinHandle, JoinOfAFinishedTaskFromInsideATaskIsALogicError) {
+  auto rt = make_rt();
+  auto body = []() -> Task<bool> {
+    auto inner = tideloop::spawn([]() -> Task<int> { co_return 7; });
+    while (!inner.is_finished()) co_await tideloop::yield_now();
+    bool threw = false;
+    try {
+      (void)inner.join();
+    } catch (const std::logic_error&) {
+      threw = true;
+    }
+    EXPECT_EQ(co_await inner, 7);  // the handle is still usable
     co_return threw;
   };
   EXPECT_TRUE(rt.block_on(body));

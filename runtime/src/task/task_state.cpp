@@ -493,9 +493,11 @@ Waker thread_waker() {
 }
 
 void join_block(TaskHeader* t) {
-  if (is_complete(t)) return;
+  // Checked first, so the misuse is caught every time, not only when the
+  // task happens to be unfinished (blocking a worker can deadlock it).
   if (tl_current_task != nullptr)
     throw std::logic_error("tideloop: JoinHandle::join() called from inside a task; co_await it");
+  if (is_complete(t)) return;
   SharedParker* p = current_thread_parker();
   Waker w = thread_waker();
   while (!join_poll(t, w)) {
