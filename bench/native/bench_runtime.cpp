@@ -35,6 +35,27 @@ Runtime make_rt(benchmark::State& s) {
       .build();
 }
 
+// Tokio's harness for the signalled workloads: from inside block_on, spawn
+// the workload's first task (`first()` returns a Task or a callable), then
+// block until the last task signals `done`. `reset` runs before each
+// iteration.
+template <class Reset, class First>
+void run_signalled(benchmark::State& state, double ops, Signal& done, Reset reset, First first) {
+  auto rt = make_rt(state);
+  OpTimer timer(state, ops);
+  for (auto _ : state) {
+    timer.iteration([&] {
+      reset();
+      rt.block_on([&]() -> Task<> {
+        tideloop::spawn(first()).detach();
+        done.acquire();
+        co_return;
+      });
+    });
+  }
+  timer.finish();
+}
+
 Task<> empty_task() {
   co_return;
 }
@@ -51,21 +72,11 @@ Task<> spawn_all(std::atomic<int>* rem, Signal* done) {
 
 // 10,000 spawns from inside the runtime; the last task signals.
 void spawn_many_local(benchmark::State& state) {
-  auto rt = make_rt(state);
   Signal done(0);
   std::atomic<int> rem{0};
-  OpTimer timer(state, kNumSpawn);
-  for (auto _ : state) {
-    timer.iteration([&] {
-      rem.store(kNumSpawn, std::memory_order_relaxed);
-      rt.block_on([&]() -> Task<> {
-        tideloop::spawn(spawn_all(&rem, &done)).detach();
-        done.acquire();
-        co_return;
-      });
-    });
-  }
-  timer.finish();
+  run_signalled(
+      state, kNumSpawn, done, [&] { rem.store(kNumSpawn, std::memory_order_relaxed); },
+      [&] { return spawn_all(&rem, &done); });
 }
 
 Task<> await_all(std::vector<JoinHandle<void>>* handles) {
@@ -212,45 +223,30 @@ Task<> chain_link(Signal* done, int n) {
 // A chain of 1,000 spawns, each task spawning the next.
 void chained_spawn(benchmark::State& state) {
   constexpr int kIter = 1'000;
-  auto rt = make_rt(state);
   Signal done(0);
-  OpTimer timer(state, kIter);
-  for (auto _ : state) {
-    timer.iteration([&] {
-      rt.block_on([&]() -> Task<> {
-        tideloop::spawn(chain_link(&done, kIter)).detach();
-        done.acquire();
-        co_return;
-      });
-    });
-  }
-  timer.finish();
+  run_signalled(
+      state, kIter, done, [] {}, [&] { return chain_link(&done, kIter); });
 }
 
-// The same two workloads with plain callables as tasks, tideloop::spawn(f):
-// the like-for-like counterpart of oneTBB's task_group::run(f), which runs
-// lambdas (bench/native/tbb_runtime.cpp). A callable task has no coroutine
-// frame: its block is the task cell with the callable inside (128 B here,
-// against 192 B for a cell plus a small coroutine frame).
+// The same two workloads with plain callables as tasks, tideloop::spawn(f),
+// in the same harness: the like-for-like counterpart of oneTBB's
+// task_group::run(f), which runs lambdas (bench/native/tbb_runtime.cpp). A callable task has no
+// coroutine frame: its block is the task cell with the callable inside (128 B here, against 192 B
+// for a cell plus a small coroutine frame).
 void spawn_many_local_fn(benchmark::State& state) {
-  auto rt = make_rt(state);
   Signal done(0);
   std::atomic<int> rem{0};
-  OpTimer timer(state, kNumSpawn);
-  for (auto _ : state) {
-    timer.iteration([&] {
-      rem.store(kNumSpawn, std::memory_order_relaxed);
-      rt.spawn([&] {
+  run_signalled(
+      state, kNumSpawn, done, [&] { rem.store(kNumSpawn, std::memory_order_relaxed); },
+      [&] {
+        return [&] {
           for (int i = 0; i < kNumSpawn; ++i) {
             tideloop::spawn([&] {
               if (rem.fetch_sub(1, std::memory_order_relaxed) == 1) done.release();
             }).detach();
           }
-        }).detach();
-      done.acquire();
-    });
-  }
-  timer.finish();
+        };
+      });
 }
 
 void chain_link_fn(Signal* done, int n) {
@@ -263,16 +259,9 @@ void chain_link_fn(Signal* done, int n) {
 
 void chained_spawn_fn(benchmark::State& state) {
   constexpr int kIter = 1'000;
-  auto rt = make_rt(state);
   Signal done(0);
-  OpTimer timer(state, kIter);
-  for (auto _ : state) {
-    timer.iteration([&] {
-      rt.spawn([&] { chain_link_fn(&done, kIter); }).detach();
-      done.acquire();
-    });
-  }
-  timer.finish();
+  run_signalled(
+      state, kIter, done, [] {}, [&] { return [&] { chain_link_fn(&done, kIter); }; });
 }
 
 }  // namespace
