@@ -4,8 +4,9 @@
 // other. Nothing here is public API; the Python-facing contract is python_pkg/tideloop/*.pyi.
 //
 // Threading rule for everything in this header: a field of a Python object is touched only by a
-// thread that holds the GIL. The only state native threads touch is BridgeCore (inbox.hpp),
-// which is lock-free and owns no Python reference it could drop without the GIL.
+// thread that holds the GIL. The only state native threads touch is BridgeCore
+// (engine/inbox.hpp), which is lock-free; a node posted to it carries no reference its producer
+// must drop later.
 #pragma once
 
 #define PY_SSIZE_T_CLEAN
@@ -14,8 +15,8 @@
 #include <cstdint>
 #include <memory>
 
-#include "inbox.hpp"
-#include "timer_queue.hpp"
+#include "engine/inbox.hpp"
+#include "engine/timer_queue.hpp"
 
 namespace tideloop::bridge {
 
@@ -23,7 +24,7 @@ struct LoopObject;
 
 // A callback scheduled by call_soon/call_soon_threadsafe/add_reader: asyncio.Handle's contract
 // (cancel(), cancelled(), get_context(), _run()) in a C object recycled through a free list.
-// Not a GC-tracked container: see handle.cpp for why and how cycles are still collected.
+// Not a GC-tracked container: see handles/handle.cpp for why and how cycles are still collected.
 struct HandleObject {
   PyObject_HEAD PyObject* callback;  // NULL once cancelled (asyncio drops callback and args)
   PyObject* arg1;                    // the argument when nargs == 1
@@ -98,7 +99,7 @@ extern ModuleState g;
 struct DebugCounters;
 DebugCounters& debug_counters();
 
-// --- handle.cpp -------------------------------------------------------------------------
+// --- handles/handle.cpp -------------------------------------------------------------------------
 int handle_types_ready();
 // Creates a handle owning new references to callback/args/context. `context` may be NULL or
 // None (then the current context is copied, as asyncio does). Returns NULL with an exception.
@@ -115,24 +116,25 @@ PyObject* context_of(HandleObject* h);
 // Drops callback and arguments (after a one-shot handle ran while someone else still holds it).
 void handle_release_callback(HandleObject* h);
 
-// --- loop.cpp ---------------------------------------------------------------------------
+// --- loop/loop.cpp ----------------------------------------------------------------------
 int loop_type_ready();
 bool loop_debug(LoopObject* loop);
+
+// --- handles/timer.cpp ------------------------------------------------------------------
 // A scheduled timer was cancelled: the loop unlinks it (O(1)) and drops its reference.
 void loop_timer_cancelled(LoopObject* loop, TimerHandleObject* t);
 // A timer handle is being deallocated: the loop forgets it (TimerQueue::forget).
 void loop_timer_forget(LoopObject* loop, TimerHandleObject* t);
+
+// --- loop/clock.cpp ---------------------------------------------------------------------
 double monotonic_now();  // loop.time(): time.monotonic() (+ the test clock offset)
 std::int64_t clock_offset_ns();
 void set_clock_offset_ns(std::int64_t ns);
 
-// --- executor.cpp -----------------------------------------------------------------------
+// --- native/executor.cpp ----------------------------------------------------------------
 // Submits func(*args) to the native blocking pool; returns an asyncio future of `loop`.
+// Completions come back as inbox nodes with their own deliver/discard functions.
 PyObject* executor_submit(LoopObject* loop, PyObject* func, PyObject* args);
-// Called by the bridge thread (GIL held) for an InboxNode of kind kExecutorDone.
-void executor_deliver(LoopObject* loop, InboxNode* node);
-// Drops an undelivered completion (loop closed). GIL held.
-void executor_discard(InboxNode* node);
 // Shuts the native pool down (GIL held; released while joining). Called at interpreter exit.
 void executor_shutdown_pool();
 PyObject* executor_debug_stats();

@@ -1,8 +1,9 @@
 // Module `tideloop._tideloop`: registers the types, caches asyncio's C callables and interned
 // names, and receives the Python helpers of tideloop/_loop.py (formatting, logging, debug-mode
 // checks: the cold paths that are better written in Python).
+#include "engine/poller.hpp"
 #include "internal.hpp"
-#include "poller.hpp"
+#include "loop/loop.hpp"
 
 #ifndef TIDELOOP_VERSION
 #define TIDELOOP_VERSION "0.0.0"

@@ -1,5 +1,5 @@
 """add_reader/add_writer edge cases that any reactor behind the loop's wait must get right
-(epoll by default; bridge/asio_poller.hpp when built with -DTIDELOOP_BRIDGE_REACTOR=asio):
+(epoll by default; bridge/engine/asio_poller.hpp when built with -DTIDELOOP_BRIDGE_REACTOR=asio):
 level-triggered readiness, many fds in one tick, removal from callbacks, hang-ups, regular
 files, and prompt wake-ups while fds are watched."""
 

@@ -1,7 +1,7 @@
 """Timer ordering edge cases: equal and sub-microsecond deadlines, days-long delays, cancellation
 from callbacks, many cancels, odd deadlines (inf, -inf, NaN), and timers scheduled while the loop
 sleeps towards a near deadline. Every test runs on asyncio's loop and on tideloop's (whose timers
-live in the runtime's hierarchical timer wheel, bridge/timer_queue.hpp).
+live in the runtime's hierarchical timer wheel, bridge/engine/timer_queue.hpp).
 
 asyncio leaves the order of timers with equal `when` undefined (heapq is not stable); tideloop
 fires them in scheduling order, which the tests check on tideloop only.

@@ -22,10 +22,15 @@
 #include <thread>
 #include <vector>
 
-#include "loop.hpp"
+#include "loop/loop.hpp"
 #include "tideloop/blocking.hpp"
 
 namespace tideloop::bridge {
+
+// The inbox node functions of a finished call (engine/inbox.hpp): resolve its future on the
+// bridge thread, or drop it undelivered when the loop closed. GIL held for both.
+void executor_deliver(InboxNode* node, LoopObject* loop);
+void executor_discard(InboxNode* node);
 
 struct DebugCounters {
   // Entries into Python from native threads, and how many of them lacked the GIL (must stay 0).
@@ -420,7 +425,8 @@ PyObject* executor_submit(LoopObject* loop, PyObject* func, PyObject* args) {
   PyObject* fut = PyObject_CallMethod((PyObject*)loop, "create_future", nullptr);
   if (fut == nullptr) return nullptr;
   auto* c = new ExecutorCall();
-  c->node.kind = InboxNode::Kind::kExecutorDone;
+  c->node.deliver = executor_deliver;
+  c->node.discard = executor_discard;
   c->loop = (LoopObject*)Py_NewRef((PyObject*)loop);
   c->func = Py_NewRef(func);
   c->args = Py_NewRef(args);
@@ -436,7 +442,7 @@ PyObject* executor_submit(LoopObject* loop, PyObject* func, PyObject* args) {
   return fut;
 }
 
-void executor_deliver(LoopObject* loop, InboxNode* node) {
+void executor_deliver(InboxNode* node, LoopObject* loop) {
   ExecutorCall* c = call_from_node(node);
   PyObject* done = PyObject_CallMethod(c->future, "done", nullptr);
   if (done == Py_False) {

@@ -1,14 +1,23 @@
 // BridgeInbox: how work reaches the bridge thread from any other thread, and how the bridge is
 // woken only when it actually sleeps.
 //
-// Producers are native threads posting completions without the GIL (run_in_executor results
-// today; resolver and reaper results later). Python threads calling call_soon_threadsafe() hold
-// the GIL, as the bridge does whenever it touches its ready queue, so they push onto that queue
-// directly and only use the wake-up half of this file (wake_if_sleeping). The consumer is the
-// one thread running the loop. The queue is an intrusive Treiber stack: push is one CAS,
-// the consumer takes the whole stack with one exchange and reverses it, so each producer's items
-// come out in the order it pushed them. Because the consumer never pops single nodes there is no
-// ABA problem and no node is touched after it was handed over.
+// Producers are threads other than the bridge that hand it a completion: run_in_executor
+// results (native/executor.cpp), name-resolution results, and later the subprocess reaper. A
+// producer may or may not hold the GIL: the executor's drainers post while they still hold it
+// (so they can drop a call whose loop closed meanwhile without waiting for the GIL again), the
+// resolver threads post without it. Either way a node carries no Python reference that its
+// producer must drop later: the bridge delivers or discards it. Python threads calling
+// call_soon_threadsafe() hold the GIL, as the bridge does whenever it touches its ready queue, so
+// they push onto that queue directly and only use the wake-up half of this file
+// (wake_if_sleeping). The consumer is the one thread running the loop. The queue is an intrusive
+// Treiber stack: push is one CAS, the consumer takes the whole stack with one exchange and
+// reverses it, so each producer's items come out in the order it pushed them. Because the
+// consumer never pops single nodes there is no ABA problem and no node is touched after it was
+// handed over.
+//
+// A node carries its own deliver/discard functions, so the loop drains the inbox without knowing
+// the kinds of work that post to it: `deliver` runs on the bridge thread with the GIL held and
+// consumes the node; `discard` runs (GIL held) when the loop closed before delivery.
 //
 // Wake-up protocol (a flag, not a syscall per item): before blocking, the bridge stores
 // kSleeping and re-checks the inbox; a producer pushes, then reads the state and, only if it sees
@@ -28,10 +37,14 @@
 
 namespace tideloop::bridge {
 
+struct LoopObject;
+
 struct InboxNode {
-  enum class Kind : std::uint8_t { kExecutorDone };
-  InboxNode* next = nullptr;
-  Kind kind = Kind::kExecutorDone;
+  InboxNode* next = nullptr;  // written by the producer before the push, by the consumer after
+  // Bridge thread, GIL held: consume the node (resolve a future...) and free it.
+  void (*deliver)(InboxNode* self, LoopObject* loop) = nullptr;
+  // Bridge thread or a thread holding the GIL: the loop closed, free the node undelivered.
+  void (*discard)(InboxNode* self) = nullptr;
 };
 
 class BridgeInbox {
@@ -95,9 +108,9 @@ class BridgeCore {
 
   // Any thread, after it published work by other means: wake the bridge if (and only if) it
   // sleeps and nobody woke it yet. Python threads use this after pushing onto the ready queue
-  // under the GIL (loop.cpp, call_soon_threadsafe): the bridge stores kSleeping while it still
-  // holds the GIL and re-checks the ready queue after that store, so a producer that gets the GIL
-  // later sees kSleeping, and one that had it earlier left work the bridge sees.
+  // under the GIL (handles/handle.cpp, call_soon_threadsafe): the bridge stores kSleeping while it
+  // still holds the GIL and re-checks the ready queue after that store, so a producer that gets the
+  // GIL later sees kSleeping, and one that had it earlier left work the bridge sees.
   void wake_if_sleeping() {
     if (state_.load(std::memory_order_seq_cst) == kSleeping) {
       int expected = kSleeping;

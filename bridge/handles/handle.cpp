@@ -9,16 +9,17 @@
 // Handles are deliberately *not* GC-tracked containers: under load (a burst of
 // call_soon_threadsafe, thousands of pending timers) tracked handles made the cyclic GC walk and
 // promote every pending callback, which cost ~40% of the run time. Cycles are still found:
-//  * a pending handle that only the loop references is traversed by the loop itself (loop.cpp,
-//    loop_traverse visits its callback, arguments, context and loop), which is exactly the set
-//    of references the loop owns through it;
+//  * a pending handle that only the loop references is traversed by the loop itself
+//    (loop/loop.cpp, visit_loop_queues visits its callback, arguments, context and loop), which is
+//    exactly the set of references the loop owns through it;
 //  * a one-shot handle that someone else still holds after it ran drops its callback and
-//    arguments (loop.cpp, run phase), so `self._timer = loop.call_later(..., self._cb)` does not
-//    leave an uncollectable cycle behind once the timer fired;
+//    arguments (loop/tick.cpp, run phase), so `self._timer = loop.call_later(..., self._cb)` does
+//    not leave an uncollectable cycle behind once the timer fired;
 //  * cancel() drops callback and arguments, as in asyncio.
 // What is not found: a cycle through a pending handle that user code *also* holds, in a loop
 // that is dropped without close() (asyncio warns about such loops with a ResourceWarning).
-#include "internal.hpp"
+#include "loop/args.hpp"
+#include "loop/loop.hpp"
 
 namespace tideloop::bridge {
 namespace {
@@ -456,6 +457,71 @@ int handle_run(HandleObject* h) {
   Py_DECREF(value);
   if (r == nullptr) return -1;
   Py_DECREF(r);
+  return 0;
+}
+
+// --- scheduling: call_soon, call_soon_threadsafe --------------------------------------
+
+// call_soon and call_soon_threadsafe: the same handle onto the same ready queue. Every Python
+// caller holds the GIL, and so does the bridge whenever it touches the ready queue, so a
+// threadsafe call appends directly too (as asyncio appends to _ready); only native threads,
+// which run without the GIL, use the lock-free inbox. A threadsafe call then wakes the bridge
+// if it sleeps (one load when it is awake or already notified).
+namespace {
+
+inline PyObject* call_soon_impl(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                                PyObject* kwnames, bool threadsafe) {
+  const char* fname = threadsafe ? "call_soon_threadsafe" : "call_soon";
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* context;
+  if (parse_call_args(fname, args, nargs, kwnames, 1, "1 required positional argument: 'callback'",
+                      &context) < 0)
+    return nullptr;
+  if (check_closed(self) < 0) return nullptr;
+  if (!threadsafe && self->debug && check_thread(self) < 0) return nullptr;
+  if (check_callback(self, args[0], fname) < 0) return nullptr;
+  HandleObject* h = handle_new(args[0], args + 1, nargs - 1, context, self);
+  if (h == nullptr) return nullptr;
+  // In debug mode the two calls above ran Python code (callback check, traceback capture),
+  // where another thread may have taken the GIL and closed the loop: a threadsafe call checks
+  // again, right before the push, with no Python code in between.
+  if (threadsafe && self->closed) {
+    Py_DECREF(h);
+    check_closed(self);  // sets "Event loop is closed"
+    return nullptr;
+  }
+  Py_INCREF(h);
+  LoopState& st = S(self);
+  st.ready.push(h);
+  if (threadsafe) st.core->wake_if_sleeping();
+  return (PyObject*)h;
+}
+
+}  // namespace
+
+PyObject* loop_call_soon(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                         PyObject* kwnames) {
+  return call_soon_impl(self, args, nargsf, kwnames, /*threadsafe=*/false);
+}
+
+PyObject* loop_call_soon_threadsafe(LoopObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                                    PyObject* kwnames) {
+  return call_soon_impl(self, args, nargsf, kwnames, /*threadsafe=*/true);
+}
+
+// Handles are not GC-tracked (see the top of this file). A handle that only the loop references is
+// part of the loop as far as the GC is concerned: visiting its references here is visiting
+// references the loop owns through it. A handle with other owners is left alone (its referents then
+// look externally referenced: a possible leak, never a premature free).
+int visit_owned_handle(HandleObject* h, visitproc visit, void* arg) {
+  if (h == nullptr || Py_REFCNT(h) != 1) return 0;
+  Py_VISIT(h->callback);
+  Py_VISIT(h->arg1);
+  Py_VISIT(h->args);
+  Py_VISIT(h->context);
+  Py_VISIT((PyObject*)h->loop);
+  Py_VISIT(h->repr);
+  Py_VISIT(h->source_traceback);
   return 0;
 }
 

@@ -1,12 +1,13 @@
 // Poller: the one blocking wait of the bridge thread. A readiness set holding the wake-up
-// eventfd, the signal wakeup socket and every fd watched with add_reader/add_writer, so a timer
-// deadline, a post from another thread, a signal and fd readiness all end the same wait. The
-// later network layer (transports, servers) registers its sockets here too.
+// eventfd, the signal wakeup socket, every fd watched with add_reader/add_writer and every
+// transport's socket, so a timer deadline, a post from another thread, a signal and fd readiness
+// all end the same wait.
 //
-// Interface (what loop.cpp relies on): add/modify/remove(fd, events, tag) with EPOLLIN/EPOLLOUT
-// interest, returning 0 or an errno; wait(events, max, timeout_ns) filling epoll_event records
-// {events, data.u64 = tag}, level-triggered (an fd that stays readable is reported by every
-// wait, as asyncio's selectors do), returning the count or -1 with errno (EINTR).
+// Interface (what the FdRegistry and loop/tick.cpp rely on): add/modify/remove(fd, events, tag)
+// with EPOLLIN/EPOLLOUT interest, returning 0 or an errno; wait(events, max, timeout_ns) filling
+// epoll_event records {events, data.u64 = tag} (the tag is a Watcher pointer,
+// engine/watcher.hpp), level-triggered (an fd that stays readable is reported by every wait, as
+// asyncio's selectors do), returning the count or -1 with errno (EINTR).
 //
 // Two implementations, chosen at build time (-DTIDELOOP_BRIDGE_REACTOR=epoll|asio):
 //  * EpollPoller (default): one epoll set, level-triggered, waited on with epoll_pwait2.
