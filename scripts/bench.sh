@@ -3,7 +3,7 @@
 # the benchmark comparison: native (tideloop vs Tokio vs oneTBB), then Python
 # (asyncio vs uvloop vs tideloop). Prints readable tables; writes Markdown,
 # JSON and plots under bench/results/.
-#   scripts/bench.sh            full run (~15-25 min on 2 cores)
+#   scripts/bench.sh            full run (~25-35 min on 2 cores, ~8 of them network)
 #   scripts/bench.sh --quick    smoke run (a few minutes)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +23,10 @@ $PY bench/compare_native.py --build build "${QUICK[@]}" \
   --plot bench/results/native.png
 if [[ -f bench/python/run_all.py ]]; then
   echo "[bench] python: asyncio vs uvloop vs tideloop"
+  # The network rows need the echo client (target tideloop_echo_client, built above with
+  # TIDELOOP_BUILD_BENCH=ON), wrk and python3-aiohttp (both from setup.sh).
   $PY bench/python/run_all.py --build build "${QUICK[@]}" --md \
-    --plot bench/results/python-scaling.png | tee bench/results/python.md
+    --plot bench/results/python-scaling.png \
+    --net-plot bench/results/python-net.png | tee bench/results/python.md
 fi
 echo "[bench] results: bench/results/"
