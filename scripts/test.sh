@@ -12,6 +12,10 @@
 #   asan     build-asan/    AddressSanitizer + UndefinedBehaviorSanitizer,
 #                           tests only; every native test
 #   python   pytest tests/python against build/python (if tests exist)
+#   pyasan   build-pyasan/  the Python extension under AddressSanitizer +
+#                           UndefinedBehaviorSanitizer; pytest tests/python
+#                           against it, the ASan runtime preloaded into the
+#                           (uninstrumented) interpreter
 #   format   clang-format --dry-run over the C++ sources (report only)
 #
 # Build trees are reused when present (every option is passed explicitly, so a
@@ -213,6 +217,49 @@ if want python && [[ -d tests/python ]]; then
   else
     [[ $((f + e)) -eq 0 ]] && FAILED=$((FAILED + 1))  # collection error, exit 5, crash...
     record python FAIL $(($(date +%s) - t0)) "pytest exit $rc: $p passed, $f failed, $e errors"
+  fi
+fi
+
+# --- (e2) Python tests against the bridge built with ASan + UBSan ---
+if want pyasan && [[ -d tests/python ]]; then
+  header "pyasan: bridge under ASan+UBSan, pytest tests/python"
+  t0=$(date +%s)
+  dir="$PREFIX/build-pyasan"
+  if build "$dir" -DTIDELOOP_BUILD_TESTS=OFF -DTIDELOOP_BUILD_BENCH=OFF -DTIDELOOP_BUILD_EXAMPLES=OFF \
+      -DTIDELOOP_BUILD_PYTHON=ON -DTIDELOOP_TSAN=OFF -DTIDELOOP_ASAN=ON -DTIDELOOP_LOCAL_QUEUE_CAPACITY=; then
+    echo "[test] built in $(($(date +%s) - t0))s"
+    # The interpreter is not instrumented: ASan's runtime must be loaded first (LD_PRELOAD).
+    # CPython keeps its arenas and interned objects until exit, so leak checking would only
+    # report the interpreter's own allocations: off here (the native asan step checks leaks).
+    asan_rt=$(g++ -print-file-name=libasan.so)
+    ubsan_rt=$(g++ -print-file-name=libubsan.so)
+    out="$PREFIX/build-pyasan.pytest.log"
+    LD_PRELOAD="$asan_rt $ubsan_rt" \
+      ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1" \
+      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+      PYTHONMALLOC=malloc TIDELOOP_BUILD_DIR="$dir" PYTHONPATH="$dir/python${PYTHONPATH:+:$PYTHONPATH}" \
+      "$PY" -m pytest tests/python -q -p no:cacheprovider </dev/null 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    last=$(grep -E '[0-9]+ (passed|failed|error)' "$out" | tail -n 1)
+    p=$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+' || true)
+    f=$(grep -oE '[0-9]+ failed' <<<"$last" | grep -oE '[0-9]+' || true)
+    e=$(grep -oE '[0-9]+ errors?' <<<"$last" | grep -oE '[0-9]+' || true)
+    p=${p:-0} f=${f:-0} e=${e:-0}
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f + e))
+    if grep -qE 'ERROR: AddressSanitizer|runtime error:' "$out"; then
+      echo "[test] pyasan: a sanitizer report is in $out"
+      FAILED=$((FAILED + 1))
+      record pyasan FAIL $(($(date +%s) - t0)) "sanitizer report; pytest exit $rc: $p passed, $f failed"
+    elif [[ $rc -eq 0 ]]; then
+      record pyasan ok $(($(date +%s) - t0)) "$p passed"
+    else
+      [[ $((f + e)) -eq 0 ]] && FAILED=$((FAILED + 1))
+      record pyasan FAIL $(($(date +%s) - t0)) "pytest exit $rc: $p passed, $f failed, $e errors"
+    fi
+  else
+    FAILED=$((FAILED + 1))
+    record pyasan FAIL $(($(date +%s) - t0)) "build failed (see $dir.build.log)"
   fi
 fi
 

@@ -448,6 +448,27 @@ void executor_deliver(InboxNode* node, LoopObject* loop) {
   if (done == Py_False) {
     PyObject* r;
     if (c->exc != nullptr) {
+      // As asyncio copies a concurrent future's state (futures._convert_future_exc):
+      // concurrent.futures' CancelledError/InvalidStateError become asyncio's, so a job that
+      // raised concurrent.futures.CancelledError reaches the awaiting task as
+      // asyncio.CancelledError. The exception path only: a Python call is cheap enough here.
+      static PyObject* convert = nullptr;
+      if (convert == nullptr) {
+        PyObject* m = PyImport_ImportModule("asyncio.futures");
+        if (m != nullptr) {
+          convert = PyObject_GetAttrString(m, "_convert_future_exc");
+          Py_DECREF(m);
+        }
+        if (convert == nullptr) PyErr_WriteUnraisable(c->future);
+      }
+      if (convert != nullptr) {
+        PyObject* converted = PyObject_CallOneArg(convert, c->exc);
+        if (converted != nullptr) {
+          Py_SETREF(c->exc, converted);
+        } else {
+          PyErr_WriteUnraisable(c->future);
+        }
+      }
       r = PyObject_CallMethodOneArg(c->future, g.str_set_exception, c->exc);
       if (r == nullptr && PyErr_ExceptionMatches(PyExc_TypeError)) {
         // e.g. StopIteration cannot be set on a future: fail the future instead of hanging it.
