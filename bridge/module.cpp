@@ -147,7 +147,8 @@ extern "C" __attribute__((visibility("default"))) PyObject* PyInit__tideloop() {
   if (handle_types_ready() < 0 || loop_type_ready() < 0) return nullptr;
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
-  if (PyModule_AddObjectRef(m, "Handle", (PyObject*)&HandleType) < 0 ||
+  if (stream_types_ready(m) < 0 || udp_types_ready(m) < 0 ||
+      PyModule_AddObjectRef(m, "Handle", (PyObject*)&HandleType) < 0 ||
       PyModule_AddObjectRef(m, "TimerHandle", (PyObject*)&TimerHandleType) < 0 ||
       PyModule_AddObjectRef(m, "LoopCore", (PyObject*)&LoopCoreType) < 0 ||
       PyModule_AddStringConstant(m, "__version__", TIDELOOP_VERSION) < 0 ||

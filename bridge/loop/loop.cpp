@@ -376,7 +376,8 @@ int loop_type_ready() {
   static std::vector<PyMethodDef> methods;
   methods.clear();
   for (const PyMethodDef* table :
-       {static_cast<const PyMethodDef*>(loop_methods), fd_watch_loop_methods()}) {
+       {static_cast<const PyMethodDef*>(loop_methods), fd_watch_loop_methods(),
+        sock_loop_methods()}) {
     for (const PyMethodDef* m = table; m->ml_name != nullptr; ++m) methods.push_back(*m);
   }
   methods.push_back({nullptr, nullptr, 0, nullptr});

@@ -22,14 +22,16 @@ from asyncio import base_events, coroutines, format_helpers, futures, tasks
 from asyncio.log import logger
 
 from . import _tideloop
+from ._net import NetworkMethods
+from ._sock import SockMethods
 
 __all__ = ("Loop",)
 
 _BaseEventLoop = base_events.BaseEventLoop
 
 
-class Loop(_tideloop.LoopCore, asyncio.AbstractEventLoop):
-    """A complete asyncio event loop (everything but sockets, pipes and subprocesses so far)."""
+class Loop(_tideloop.LoopCore, SockMethods, NetworkMethods, asyncio.AbstractEventLoop):
+    """A complete asyncio event loop (everything but pipes and subprocesses so far)."""
 
     def __init__(self):
         self._default_executor = None
