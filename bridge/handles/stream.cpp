@@ -597,10 +597,75 @@ PyObject* write_failed(T* t) {
   Py_RETURN_NONE;
 }
 
+int write_ready(T* t);
+
+// The end of the phase in which write() deferred bytes: send the queue (write_ready's path, so
+// what the kernel does not take waits for EPOLLOUT as usual).
+int flush_at_phase_end(PyObject* o) {
+  T* t = reinterpret_cast<T*>(o);
+  t->flush_pending = false;
+  if (t->conn_lost || t->sock == nullptr || t->lent) return 0;
+  if (queued(t)) return write_ready(t);
+  // send_queued_quietly() drained the queue meanwhile: finish what write_ready() does after the
+  // last byte (it runs no Python code, so this was left for here).
+  if (t->closing) {
+    t->conn_lost += 1;
+    return call_soon_method(t, N.call_connection_lost, Py_None);
+  }
+  if (t->eof && ::shutdown(t->fd, SHUT_WR) < 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    return fatal_current(t, "Fatal write error on socket transport");
+  }
+  return 0;
+}
+
+// Sends what the kernel takes of the queue now and runs no Python code (no protocol callback
+// can re-enter the caller): errors, and what follows a drained queue, are left to write_ready()
+// at EPOLLOUT or to the phase end, which is scheduled whenever this runs.
+void send_queued_quietly(T* t) {
+  if (!queued(t) || t->conn_lost || t->sock == nullptr || t->lent) return;
+  iovec iov[WriteQueue::kMaxIov];
+  int cnt = t->wq->fill(iov, WriteQueue::kMaxIov);
+  ssize_t s = send_iov(t->fd, iov, cnt);
+  if (s > 0) t->wq->consume(static_cast<std::size_t>(s));
+  if (queued(t)) update_interest_quietly(t);
+}
+
+// Coalescing: a write() made by a callback of the running loop, on its thread, to a socket with
+// nothing queued is kept until the end of the current phase of the tick (the dispatch of this
+// batch of events, or this tick's ready handles) and sent then, together with every other write
+// of that phase, in one sendmsg: no wait for writability and no extra loop iteration, but one
+// syscall and one wake-up of the peer where a handler writes headers and body separately
+// (aiohttp). As uvloop does, once the pending bytes exceed the high-water mark they go at once
+// instead, so flow control sees what asyncio's immediate send would leave, and
+// get_write_buffer_size() sends pending bytes first, so it reports what asyncio would.
+bool may_defer(T* t) {
+  LoopObject* loop = t->loop;
+  return loop != nullptr && loop->running && !t->closing &&
+         PyThread_get_thread_ident() == loop->thread_id;
+}
+
 PyObject* write_bytes(T* t, const char* p, std::size_t n, PyObject* owner) {
   int ok = check_writable(t, n);
   if (ok <= 0) return ok < 0 ? nullptr : Py_NewRef(Py_None);
   bool was_empty = !queued(t);
+  if ((was_empty || t->flush_pending) && !t->lent && t->sock != nullptr && may_defer(t) &&
+      queued_size(t) + n <= static_cast<std::size_t>(t->high_water)) {
+    if (!ensure_queue(t) || !t->wq->append(p, n, owner)) return PyErr_NoMemory();
+    if (!t->flush_pending) {
+      if (snapshot_context(&t->write_ctx) < 0) return nullptr;
+      t->flush_pending = true;
+      defer_to_phase_end(t->loop, (PyObject*)t, flush_at_phase_end);
+    }
+    Py_RETURN_NONE;
+  }
+  if (t->flush_pending && !t->lent && t->sock != nullptr) {
+    // Over the high-water mark with bytes deferred: send them and these now, in order.
+    if (!ensure_queue(t) || !t->wq->append(p, n, owner)) return PyErr_NoMemory();
+    send_queued_quietly(t);
+    if (maybe_pause_protocol(t) < 0) return nullptr;
+    Py_RETURN_NONE;
+  }
   if (was_empty && !t->lent && t->sock != nullptr) {
     // asyncio's "Optimization: try to send now".
     ssize_t s = send_some(t->fd, p, n);
@@ -1074,6 +1139,8 @@ PyObject* st_set_write_buffer_limits_private(T* t, PyObject* args, PyObject* kwd
 }
 
 PyObject* st_get_write_buffer_size(T* t, PyObject*) {
+  // Bytes deferred to the phase end count as sent, as asyncio's immediate send would have them.
+  if (t->flush_pending) send_queued_quietly(t);
   return PyLong_FromSize_t(queued_size(t));
 }
 

@@ -110,6 +110,10 @@ struct StreamTransportObject {
   // _fd_owner(fd) names the new transport.
   bool held;
   bool started;
+  // Bytes written by a callback of the running loop wait in the queue for the end of the tick's
+  // phase (defer_to_phase_end) and leave in one sendmsg with whatever else was written
+  // meanwhile; set while such a flush is scheduled. See may_defer() in stream.cpp.
+  bool flush_pending;
 };
 
 }  // namespace tideloop::bridge

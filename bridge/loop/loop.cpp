@@ -127,6 +127,9 @@ void clear_queues(LoopObject* self) {
   LoopState& st = S(self);
   while (!st.ready.empty()) Py_DECREF(st.ready.pop());
   st.timers.clear(drop_timer);
+  std::vector<LoopState::PhaseEnd> pending;
+  pending.swap(st.phase_end);
+  for (auto& e : pending) Py_DECREF(e.obj);
 }
 
 void release_os_resources(LoopObject* self) {
@@ -252,8 +255,9 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
 // The one walk over every queue that holds references for the loop: the ready ring and the
 // timer queue (handles, visited through visit_owned_handle since handles are not GC-tracked), the
 // registry (each watcher's owner, plus what its kind reports through WatcherOps::traverse), the
-// releases deferred to the end of a batch, and the executor's idle waiter. A new handle kind
-// needs nothing here: its WatcherOps is the hook.
+// releases deferred to the end of a batch, the work deferred to the end of a phase
+// (defer_to_phase_end), and the executor's idle waiter. A new handle kind needs nothing here:
+// its WatcherOps is the hook.
 int visit_loop_queues(LoopState& st, visitproc visit, void* arg) {
   int r;
   for (std::size_t i = 0; i < st.ready.size(); ++i) {
@@ -273,6 +277,7 @@ int visit_loop_queues(LoopState& st, visitproc visit, void* arg) {
   });
   if (r != 0) return r;
   for (PyObject* o : st.release_after_batch) Py_VISIT(o);
+  for (auto& e : st.phase_end) Py_VISIT(e.obj);
   Py_VISIT(st.executor_idle_waiter);
   return 0;
 }
@@ -375,9 +380,8 @@ int loop_type_ready() {
   // The loop's own methods, then each room's (loop.hpp). Built once, kept for the process.
   static std::vector<PyMethodDef> methods;
   methods.clear();
-  for (const PyMethodDef* table :
-       {static_cast<const PyMethodDef*>(loop_methods), fd_watch_loop_methods(),
-        sock_loop_methods()}) {
+  for (const PyMethodDef* table : {static_cast<const PyMethodDef*>(loop_methods),
+                                   fd_watch_loop_methods(), sock_loop_methods()}) {
     for (const PyMethodDef* m = table; m->ml_name != nullptr; ++m) methods.push_back(*m);
   }
   methods.push_back({nullptr, nullptr, 0, nullptr});

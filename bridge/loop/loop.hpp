@@ -62,6 +62,14 @@ struct LoopState {
   std::vector<std::unique_ptr<FdWatch>> fd_watches;  // add_reader records, indexed by fd
   Watcher wake_watcher;                              // core's eventfd (loop/tick.cpp)
   Watcher signal_watcher;                            // signal_rfd (handles/signal.cpp)
+  // Work deferred to the end of the current phase of the tick (after the dispatch of a batch of
+  // events, after the run of ready handles): transports' coalesced writes (handles/stream.cpp).
+  // Each entry holds a reference to its object. See defer_to_phase_end().
+  struct PhaseEnd {
+    PyObject* obj;
+    int (*run)(PyObject* obj);  // GIL held; -1 with an exception that must stop the loop
+  };
+  std::vector<PhaseEnd> phase_end;
   // Owners of watchers detached while a batch of events is dispatched: released after the batch
   // (engine/watcher.hpp, "Lifetime rule").
   std::vector<PyObject*> release_after_batch;
@@ -118,6 +126,12 @@ PyObject* fd_owner_object(LoopObject* loop, int fd);
 
 // --- loop/tick.cpp --------------------------------------------------------------------------
 int loop_tick(LoopObject* self, bool* wakeup_checked);
+// Runs run(obj) at the end of the tick's current phase, before the loop can block again: the
+// phase ends after the batch of events being dispatched, or after the ready handles of this
+// tick. Takes a reference to obj until then. The caller makes sure it defers an object at most
+// once per phase (a flag of its own). Only while the loop runs, on its thread.
+void defer_to_phase_end(LoopObject* loop, PyObject* obj, int (*run)(PyObject*));
+int run_phase_end(LoopObject* loop);
 extern const WatcherOps kWakeWatcherOps;
 void drain_inbox(LoopObject* self);
 void discard_inbox(LoopObject* self);

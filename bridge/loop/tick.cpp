@@ -94,6 +94,29 @@ void discard_inbox(LoopObject* self) {
   }
 }
 
+void defer_to_phase_end(LoopObject* loop, PyObject* obj, int (*run)(PyObject*)) {
+  S(loop).phase_end.push_back({Py_NewRef(obj), run});
+}
+
+int run_phase_end(LoopObject* loop) {
+  LoopState& st = S(loop);
+  // An entry's run may defer more work (a flush that resumes a protocol which writes again):
+  // that goes into the next round of this loop, still before the loop blocks.
+  int r = 0;
+  while (!st.phase_end.empty() && r == 0) {
+    std::vector<LoopState::PhaseEnd> batch;
+    batch.swap(st.phase_end);
+    std::size_t i = 0;
+    for (; i < batch.size() && r == 0; ++i) {
+      r = batch[i].run(batch[i].obj);
+      Py_DECREF(batch[i].obj);
+    }
+    // An exception stops the loop: the rest runs at the next phase end.
+    for (; i < batch.size(); ++i) st.phase_end.push_back(batch[i]);
+  }
+  return r;
+}
+
 int loop_tick(LoopObject* self, bool* wakeup_checked) {
   LoopState& st = S(self);
   drain_inbox(self);
@@ -130,6 +153,7 @@ int loop_tick(LoopObject* self, bool* wakeup_checked) {
     n = 0;
   }
   if (n > 0 && process_events(self, events, n) < 0) return -1;
+  if (!st.phase_end.empty() && run_phase_end(self) < 0) return -1;
   // Runs Python-level signal handlers (KeyboardInterrupt from SIGINT surfaces here when the signal
   // arrived during the wait). One atomic load when no signal is pending.
   if (PyErr_CheckSignals() < 0) return -1;
@@ -150,6 +174,7 @@ int loop_tick(LoopObject* self, bool* wakeup_checked) {
     Py_DECREF(h);
     if (r < 0) return -1;
   }
+  if (!st.phase_end.empty() && run_phase_end(self) < 0) return -1;
   return 0;
 }
 

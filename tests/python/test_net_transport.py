@@ -386,3 +386,26 @@ def test_unix_transport_api(loop, tmp_path):
             assert await sp.lost is None
 
     run(loop, body())
+
+
+def test_writes_of_one_callback_leave_before_the_next_iteration(loop):
+    """What both loops guarantee about when written bytes leave: asyncio sends inside write();
+    tideloop sends what a callback wrote when it returns to the loop, in one sendmsg (coalesced,
+    docs/python-api.md). Either way, once the writer yielded for one iteration the bytes are in
+    the peer's socket, in order, and get_write_buffer_size() never counts bytes the kernel
+    would take."""
+
+    async def body():
+        t, p, peer = await connect_to_raw_peer(loop, Recorder)
+        with peer:
+            t.write(b"head ")
+            t.writelines([b"bo", b"dy "])
+            t.write(b"tail")
+            assert t.get_write_buffer_size() == 0  # the kernel took it (both loops)
+            await asyncio.sleep(0)
+            peer.setblocking(False)
+            assert peer.recv(100) == b"head body tail"
+            t.close()
+            await p.lost
+
+    run(loop, body())
