@@ -95,6 +95,12 @@ struct ModuleState {
 };
 extern ModuleState g;
 
+// --- module.cpp: init helpers of every room -----------------------------------------------
+// module.name, a new reference (NULL with an exception).
+PyObject* import_attr(const char* module, const char* name);
+// *slot = the interned string s; -1 with an exception.
+int intern(PyObject** slot, const char* s);
+
 // Test-visible counters (see _tideloop._debug_stats()). Native threads update them.
 struct DebugCounters;
 DebugCounters& debug_counters();

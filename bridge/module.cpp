@@ -13,8 +13,7 @@ namespace tideloop::bridge {
 
 ModuleState g;
 
-namespace {
-
+// Shared by every room's init (internal.hpp).
 PyObject* import_attr(const char* module, const char* name) {
   PyObject* m = PyImport_ImportModule(module);
   if (m == nullptr) return nullptr;
@@ -27,6 +26,8 @@ int intern(PyObject** slot, const char* s) {
   *slot = PyUnicode_InternFromString(s);
   return *slot == nullptr ? -1 : 0;
 }
+
+namespace {
 
 int init_state() {
   if (intern(&g.str_context, "context") < 0 || intern(&g.str_loop, "loop") < 0 ||

@@ -110,19 +110,6 @@ const KindNames& names_of(Kind k) {
   return kNames[static_cast<int>(k)];
 }
 
-int intern(PyObject** slot, const char* s) {
-  *slot = PyUnicode_InternFromString(s);
-  return *slot == nullptr ? -1 : 0;
-}
-
-PyObject* import_attr(const char* module, const char* name) {
-  PyObject* m = PyImport_ImportModule(module);
-  if (m == nullptr) return nullptr;
-  PyObject* a = PyObject_GetAttrString(m, name);
-  Py_DECREF(m);
-  return a;
-}
-
 Py_ssize_t int_member_offset(PyTypeObject* type, const char* name) {
   PyObject* d = PyDict_GetItemString(type->tp_dict, name);  // borrowed
   if (d == nullptr || !PyObject_TypeCheck(d, &PyMemberDescr_Type)) return -1;

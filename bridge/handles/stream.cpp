@@ -801,8 +801,12 @@ void stream_loop_closing(Watcher* w, LoopObject*) {
   Py_CLEAR(t->loop);
 }
 
-const WatcherOps kStreamOps = {"transport", stream_on_events, stream_owner, nullptr,
-                               stream_loop_closing};
+PyObject* stream_object(Watcher* w) {
+  return (PyObject*)of(w);
+}
+
+const WatcherOps kStreamOps = {"transport", stream_on_events,    stream_owner,
+                               nullptr,     stream_loop_closing, stream_object};
 
 // --- Python methods -------------------------------------------------------------------------
 
@@ -1522,19 +1526,6 @@ PyMemberDef st_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, nullptr},
     {nullptr, 0, 0, 0, nullptr},
 };
-
-PyObject* import_attr(const char* module, const char* name) {
-  PyObject* m = PyImport_ImportModule(module);
-  if (m == nullptr) return nullptr;
-  PyObject* a = PyObject_GetAttrString(m, name);
-  Py_DECREF(m);
-  return a;
-}
-
-int intern(PyObject** slot, const char* s) {
-  *slot = PyUnicode_InternFromString(s);
-  return *slot == nullptr ? -1 : 0;
-}
 
 int init_names() {
   struct {

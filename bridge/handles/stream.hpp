@@ -105,9 +105,9 @@ struct StreamTransportObject {
   // The loop holds a reference (WatcherOps::owner returns the transport) only while some event
   // is wanted, as asyncio's selector holds the reader/writer handles only while registered: an
   // idle transport nobody else references is collected (ResourceWarning, socket closed), as in
-  // asyncio. The fd stays in the registry meanwhile, so nobody else can watch it. From
-  // construction until reading first starts (`started`) the reference is held too, so that
-  // _fd_owner(fd) names the new transport.
+  // asyncio. The fd stays in the registry meanwhile, so nobody else can watch it, and
+  // WatcherOps::object still names the transport (_fd_owner, "used by transport" errors). From
+  // construction until reading first starts (`started`) the reference is held too.
   bool held;
   bool started;
   // Bytes written by a callback of the running loop wait in the queue for the end of the tick's

@@ -1214,19 +1214,6 @@ PyType_Spec dt_spec = {
     dt_slots,
 };
 
-int intern(PyObject** slot, const char* s) {
-  *slot = PyUnicode_InternFromString(s);
-  return *slot == nullptr ? -1 : 0;
-}
-
-PyObject* import_attr(const char* module, const char* name) {
-  PyObject* m = PyImport_ImportModule(module);
-  if (m == nullptr) return nullptr;
-  PyObject* a = PyObject_GetAttrString(m, name);
-  Py_DECREF(m);
-  return a;
-}
-
 int init_names() {
   struct {
     PyObject** slot;

@@ -41,6 +41,9 @@ struct WatcherOps {
   // The loop is closing (or being collected) and w is already detached: drop what the loop
   // owns through w and stop using the loop. nullptr: nothing to do.
   void (*loop_closing)(Watcher* w, LoopObject* loop);
+  // The Python object w belongs to (borrowed) even while the loop holds no reference to it (an
+  // idle transport): what _fd_owner(fd) and "used by transport" errors name. nullptr: `owner`.
+  PyObject* (*object)(Watcher* w) = nullptr;
 };
 
 // add_reader/add_writer registration of one fd: the handles run when it becomes ready
@@ -121,7 +124,7 @@ void release_after_batch(LoopState& st, PyObject* obj);
 void flush_batch_releases(LoopState& st);
 // Detaches every watcher (loop close / collection), calling ops->loop_closing on each.
 void registry_close_all(LoopObject* loop);
-// The Python owner of fd's watcher (borrowed) when it is not an add_reader record, else nullptr.
+// The Python object of fd's watcher (borrowed: WatcherOps::object, else owner), or nullptr.
 PyObject* fd_owner_object(LoopObject* loop, int fd);
 
 // --- loop/tick.cpp --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ int watcher_attach(LoopObject* loop, Watcher* w, int fd) {
   Watcher* cur = st.registry.owner(fd);
   if (cur != nullptr && cur != w) {
     if (cur->ops != &kFdWatchOps) {
-      PyObject* o = cur->ops->owner ? cur->ops->owner(cur) : nullptr;
+      PyObject* o = fd_owner_object(loop, fd);
       if (o != nullptr) {
         PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R", fd, o);
       } else {
@@ -83,8 +83,9 @@ void registry_close_all(LoopObject* loop) {
 
 PyObject* fd_owner_object(LoopObject* loop, int fd) {
   Watcher* w = S(loop).registry.owner(fd);
-  if (w == nullptr || w->ops->owner == nullptr) return nullptr;
-  return w->ops->owner(w);
+  if (w == nullptr) return nullptr;
+  if (w->ops->object != nullptr) return w->ops->object(w);
+  return w->ops->owner != nullptr ? w->ops->owner(w) : nullptr;
 }
 
 }  // namespace tideloop::bridge

@@ -454,11 +454,7 @@ void executor_deliver(InboxNode* node, LoopObject* loop) {
       // asyncio.CancelledError. The exception path only: a Python call is cheap enough here.
       static PyObject* convert = nullptr;
       if (convert == nullptr) {
-        PyObject* m = PyImport_ImportModule("asyncio.futures");
-        if (m != nullptr) {
-          convert = PyObject_GetAttrString(m, "_convert_future_exc");
-          Py_DECREF(m);
-        }
+        convert = import_attr("asyncio.futures", "_convert_future_exc");
         if (convert == nullptr) PyErr_WriteUnraisable(c->future);
       }
       if (convert != nullptr) {
