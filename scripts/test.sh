@@ -10,11 +10,11 @@
 #   tsan     build-tsan/    ThreadSanitizer, tests only; the tests labelled
 #                           stress (files *stress*_test.cpp)
 #   asan     build-asan/    AddressSanitizer + UndefinedBehaviorSanitizer,
-#                           tests only; every native test
+#                           tests and the Python extension; every native test
 #   python   pytest tests/python against build/python (if tests exist)
-#   pyasan   build-pyasan/  the Python extension under AddressSanitizer +
-#                           UndefinedBehaviorSanitizer; pytest tests/python
-#                           against it, the ASan runtime preloaded into the
+#   pyasan   build-asan/    pytest tests/python against the Python extension
+#                           built by the asan step (built here if that step
+#                           was skipped), the ASan runtime preloaded into the
 #                           (uninstrumented) interpreter
 #   format   clang-format --dry-run over the C++ sources (report only)
 #
@@ -189,8 +189,9 @@ unset TSAN_OPTIONS
 # --- (d) AddressSanitizer + UBSan: everything ---
 export ASAN_OPTIONS="detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-native_step asan "$PREFIX/build-asan" \
-  "$TESTS_ONLY -DTIDELOOP_TSAN=OFF -DTIDELOOP_ASAN=ON -DTIDELOOP_LOCAL_QUEUE_CAPACITY="
+# The Python extension is built in the same tree (one ASan runtime build for both steps).
+ASAN_ARGS="$COMMON -DTIDELOOP_BUILD_BENCH=OFF -DTIDELOOP_BUILD_PYTHON=ON -DTIDELOOP_BUILD_EXAMPLES=OFF -DTIDELOOP_TSAN=OFF -DTIDELOOP_ASAN=ON -DTIDELOOP_LOCAL_QUEUE_CAPACITY="
+native_step asan "$PREFIX/build-asan" "$ASAN_ARGS"
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 # --- (e) Python ---
@@ -224,16 +225,16 @@ fi
 if want pyasan && [[ -d tests/python ]]; then
   header "pyasan: bridge under ASan+UBSan, pytest tests/python"
   t0=$(date +%s)
-  dir="$PREFIX/build-pyasan"
-  if build "$dir" -DTIDELOOP_BUILD_TESTS=OFF -DTIDELOOP_BUILD_BENCH=OFF -DTIDELOOP_BUILD_EXAMPLES=OFF \
-      -DTIDELOOP_BUILD_PYTHON=ON -DTIDELOOP_TSAN=OFF -DTIDELOOP_ASAN=ON -DTIDELOOP_LOCAL_QUEUE_CAPACITY=; then
+  dir="$PREFIX/build-asan"
+  # shellcheck disable=SC2086
+  if build "$dir" $ASAN_ARGS; then
     echo "[test] built in $(($(date +%s) - t0))s"
     # The interpreter is not instrumented: ASan's runtime must be loaded first (LD_PRELOAD).
     # CPython keeps its arenas and interned objects until exit, so leak checking would only
     # report the interpreter's own allocations: off here (the native asan step checks leaks).
     asan_rt=$(g++ -print-file-name=libasan.so)
     ubsan_rt=$(g++ -print-file-name=libubsan.so)
-    out="$PREFIX/build-pyasan.pytest.log"
+    out="$PREFIX/build-asan.pytest.log"
     LD_PRELOAD="$asan_rt $ubsan_rt" \
       ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1" \
       UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
