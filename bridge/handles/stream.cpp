@@ -2,6 +2,10 @@
 // sockets, with the same callbacks, order, messages and error handling, read and flushed from
 // the loop's tick.
 //
+// One deliberate difference (docs/python-api.md): the writes a callback of the running loop makes
+// are coalesced and sent in one sendmsg when its phase of the tick ends (may_defer(),
+// flush_at_phase_end()), as uvloop sends at the end of its iteration; asyncio sends in write().
+//
 // The asyncio source it mirrors, for a reader checking parity: selector_events._SelectorTransport
 // and _SelectorSocketTransport, transports._FlowControlMixin, base_events._set_nodelay. Where a
 // method below says "asyncio:", that is the behaviour being reproduced.
