@@ -14,6 +14,14 @@ round trips (or HTTP requests) per second, so "vs X" is tideloop's rate divided 
 tideloop is faster. A loop whose server fails shows "n/a (error: ...)" and the run goes on.
 The "C echo" column is no loop but a minimal C++ echo server (echo_server.cpp), for scale: how
 much of a row is the kernel's loopback cost.
+
+The same runs also give the server's CPU time per message ("µs CPU X"): the user + system time
+of the server process (every thread) inside the measured window, divided by the round trips
+completed in it (aiohttp: by wrk's requests). The echo client samples it itself at the window's
+two ends (--server-pid: /proc/PID/task/*/schedstat, ns; /proc/PID/stat utime+stime without
+schedstat); for aiohttp the driver samples around wrk. Unlike the rates it is not capped by the
+client's speed: a loop that waits for the client shows its cost here. "CPU vs uvloop" is
+uvloop's CPU per message / tideloop's: above 1, tideloop is cheaper.
 """
 
 import argparse
@@ -100,6 +108,35 @@ def rows_for(quick: bool) -> list:
 
 class Failure(Exception):
     """A measurement that produced no number; the message goes into the table."""
+
+
+def process_cpu_s(pid: int):
+    """(CPU seconds of process pid so far, over all its threads, source) or None: the sum of the
+    first field of /proc/PID/task/*/schedstat (ns on a CPU), or utime + stime of /proc/PID/stat
+    (fields 14 and 15, clock ticks, all threads) where schedstat is missing. The same reading as
+    echo_client.cpp's; a thread that exits between two samples takes its schedstat time away."""
+    task = f"/proc/{pid}/task"
+    try:
+        ns, ok = 0, True
+        for tid in os.listdir(task):
+            try:
+                with open(f"{task}/{tid}/schedstat") as f:
+                    ns += int(f.read().split()[0])
+            except FileNotFoundError:
+                if os.path.exists(f"{task}/{tid}"):
+                    ok = False  # the thread is there, schedstat is not: the kernel has none
+                    break
+        if ok:
+            return ns * 1e-9, "schedstat"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the name (field 2) may hold spaces
+    except (OSError, IndexError):
+        return None
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14, 15; fields[0] is field 3
+    return (utime + stime) / os.sysconf("SC_CLK_TCK"), "stat"
 
 
 def built(build: str, target: str) -> pathlib.Path:
@@ -220,7 +257,8 @@ def _exit_on_signal(signum, _frame):
 
 def run_echo(client: pathlib.Path, server: Server, row: Row, duration: float, warmup: float):
     cmd = [str(client), "--transport", row.transport, "--size", str(row.size),
-           "--conns", str(row.conns), "--duration", f"{duration}", "--warmup", f"{warmup}"]
+           "--conns", str(row.conns), "--duration", f"{duration}", "--warmup", f"{warmup}",
+           "--server-pid", str(server.proc.pid)]
     if row.transport == "unix":
         cmd += ["--path", server.path]
     else:
@@ -238,8 +276,13 @@ def run_echo(client: pathlib.Path, server: Server, row: Row, duration: float, wa
         # A server that failed says why; the client's view (refused, closed...) comes second.
         why = server.error_text()
         raise Failure((f"{why}; client: " if why else "client: ") + res["error"])
-    return res["messages_per_s"], {"latency_us_p50": res["latency_us_p50"],
-                                   "mib_per_s": res["mib_per_s"], "lost": res["lost"]}
+    extra = {"latency_us_p50": res["latency_us_p50"], "mib_per_s": res["mib_per_s"],
+             "lost": res["lost"]}
+    if "server_cpu_s" in res and res["messages"] > 0:
+        extra["cpu_us_per_msg"] = res["server_cpu_s"] / res["messages"] * 1e6
+        extra["cpu_util"] = res["server_cpu_s"] / res["duration_s"]
+        extra["cpu_source"] = res["server_cpu_source"]
+    return res["messages_per_s"], extra
 
 
 def http_warmup(port: int, n: int = 20):
@@ -257,6 +300,11 @@ def http_warmup(port: int, n: int = 20):
 def run_wrk(server: Server, duration: float):
     secs = max(1, round(duration))  # wrk takes whole seconds
     http_warmup(server.port)
+    # The server's CPU around the whole of wrk: it includes wrk's 50 connects and closes, and
+    # nothing else (an idle server costs nothing), so divided by wrk's request count it is the
+    # cost of a request.
+    cpu0 = process_cpu_s(server.proc.pid)
+    t0 = time.monotonic()
     try:
         out = subprocess.run(["wrk", "-t2", "-c50", f"-d{secs}s", "--latency",
                               f"http://127.0.0.1:{server.port}/"],
@@ -264,6 +312,8 @@ def run_wrk(server: Server, duration: float):
                              start_new_session=True)
     except subprocess.TimeoutExpired:
         raise Failure("wrk timed out") from None
+    cpu1 = process_cpu_s(server.proc.pid)
+    elapsed = time.monotonic() - t0
     text = out.stdout
     m = re.search(r"Requests/sec:\s*([\d.]+)", text)
     if out.returncode != 0 or not m:
@@ -276,6 +326,11 @@ def run_wrk(server: Server, duration: float):
     lat = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
     if lat:
         extra["latency_us_p50"] = float(lat.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[lat.group(2)]
+    done = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    if cpu0 and cpu1 and cpu0[1] == cpu1[1] and done and int(done.group(1)) > 0:
+        extra["cpu_us_per_msg"] = (cpu1[0] - cpu0[0]) / int(done.group(1)) * 1e6
+        extra["cpu_util"] = (cpu1[0] - cpu0[0]) / elapsed
+        extra["cpu_source"] = cpu0[1]
     return float(m.group(1)), extra
 
 
@@ -375,8 +430,10 @@ def run_net(args) -> list:
                         continue
                     samples[name].append(rate)
                     extras[name].append(extra)
+                    cpu = extra.get("cpu_us_per_msg")
                     progress(f"  {row.short}: run {r + 1}/{args.net_runs} {name} "
-                             f"{rate:,.0f} {row.unit}")
+                             f"{rate:,.0f} {row.unit}" +
+                             (f", {cpu:.1f} µs CPU/{row.unit[:-2]}" if cpu is not None else ""))
             results.append(row_dict(row, columns, samples, extras, errors))
     finally:
         _stop_all()
@@ -393,17 +450,31 @@ def row_dict(row: Row, loops, samples, extras, errors) -> dict:
         vals = [e["latency_us_p50"] for e in ex if "latency_us_p50" in e]
         if vals and n in rate:
             lat[n] = statistics.median(vals)
+    cpu, cpu_samples, cpu_util, sources = {}, {}, {}, set()
+    for n, ex in extras.items():
+        vals = [e["cpu_us_per_msg"] for e in ex if "cpu_us_per_msg" in e]
+        if vals and n in rate:
+            cpu[n], cpu_samples[n] = statistics.median(vals), vals
+            cpu_util[n] = statistics.median(e["cpu_util"] for e in ex if "cpu_util" in e)
+            sources.update(e["cpu_source"] for e in ex if "cpu_source" in e)
     d = {"benchmark": row.label, "mode": row.mode, "transport": row.transport,
          "size": row.size, "conns": 50 if row.mode == "aiohttp" else row.conns,
          "unit": row.unit, "loops": list(loops), "rate": rate,
          "samples": {n: v for n, v in samples.items() if v},
          "latency_us_p50": lat, "errors": errors,
-         "target_vs_uvloop": row.target, "short": row.short}
+         "target_vs_uvloop": row.target, "short": row.short,
+         # Server CPU (user + system, all threads) per message or request in the measured
+         # window, µs: medians and the runs; cpu_util: CPU seconds per second (1.0: one core).
+         "cpu_us_per_msg": cpu, "cpu_samples": cpu_samples, "cpu_util": cpu_util,
+         "cpu_source": "+".join(sorted(sources))}
     lost = sum(e.get("lost", 0) for ex in extras.values() for e in ex)
     if lost:
         d["udp_lost"] = lost
     d["vs"] = {b: rate["tideloop"] / rate[b] for b in ("asyncio", "uvloop")
                if "tideloop" in rate and b in rate and rate[b] > 0}
+    # X's CPU per message / tideloop's: above 1, tideloop is cheaper.
+    d["cpu_vs"] = {b: cpu[b] / cpu["tideloop"] for b in ("asyncio", "uvloop")
+                   if "tideloop" in cpu and b in cpu and cpu["tideloop"] > 0}
     d["meets_target"] = verdict(d)
     return d
 
@@ -435,6 +506,12 @@ def format_net_table(rows: list, markdown: bool = False) -> str:
     head += [f"vs {b}" for b in bases]
     if "tideloop" in loops:
         head += ["target", "met"]
+    # The second measure: server CPU per message (per request for aiohttp), then the ratio.
+    cpu_loops = [n for n in loops if any(n in r.get("cpu_us_per_msg", {}) for r in rows)]
+    cpu_vs = "tideloop" in cpu_loops and "uvloop" in cpu_loops
+    head += [f"µs CPU {'C echo' if n == CEILING else n}" for n in cpu_loops]
+    if cpu_vs:
+        head.append("CPU vs uvloop")
     body = []
     for r in rows:
         cells = [r["benchmark"], r["unit"]]
@@ -451,6 +528,12 @@ def format_net_table(rows: list, markdown: bool = False) -> str:
         if "tideloop" in loops:
             ok = r["meets_target"]
             cells += [target_text(r), "-" if ok is None else ("✓" if ok else "✗")]
+        for n in cpu_loops:
+            v = r.get("cpu_us_per_msg", {}).get(n)
+            cells.append("-" if v is None else f"{v:.1f}")
+        if cpu_vs:
+            v = r.get("cpu_vs", {}).get("uvloop")
+            cells.append("-" if v is None else f"{v:.2f}x")
         body.append(cells)
     if markdown:
         esc = lambda c: c.replace("|", "\\|")  # noqa: E731
@@ -487,6 +570,26 @@ def net_notes(rows: list, args) -> list:
             "bound by the kernel, not by the loop, and a target above C echo / uvloop is out of "
             "reach. Not a strict bound at 100 KiB: a server that wakes later finds the whole "
             "message in its socket and each read costs less (uvloop's protocol echo beats it).")
+    if any(r.get("cpu_us_per_msg") for r in rows):
+        sources = {x for r in rows for x in r.get("cpu_source", "").split("+") if x}
+        how = {"schedstat": "/proc/PID/task/*/schedstat, ns",
+               "stat": "/proc/PID/stat utime+stime, 10 ms ticks"}
+        notes.append(
+            "µs CPU X = what X's loop itself costs per message (per request for aiohttp): the "
+            "user + system CPU time of the server process, all threads, inside the measured "
+            "window, divided by the round trips completed in it; median of the runs; lower is "
+            "better. The echo client samples it at the window's two ends, the driver around wrk "
+            f"({'; '.join(how[x] for x in sorted(sources) if x in how) or 'n/a'}). Unlike the "
+            "rates it is not bounded by the client: where a row's rates are squeezed towards "
+            "the client's speed (C echo near uvloop), this still shows the loop's cost. It "
+            "includes the server's syscalls and the kernel work done in them (on loopback a "
+            "send also runs part of the peer's receive path), and it falls as a server gets "
+            "busier: more events per wake-up, fewer wake-ups per message. So C echo's is the "
+            "kernel's share, not a strict floor: a loop can come out under it when it gathers "
+            "more per wake-up. The targets stay the throughput ones.")
+        if any(r.get("cpu_vs") for r in rows):
+            notes.append("CPU vs uvloop = uvloop's µs CPU per message / tideloop's: above 1, "
+                         "tideloop is cheaper.")
     lost = sum(r.get("udp_lost", 0) for r in rows)
     if lost:
         notes.append(f"UDP: {lost} datagrams were given up after 200 ms without a reply and "
@@ -504,9 +607,28 @@ def emit_net(rows: list, args) -> None:
         print(("- " if args.md else "") + note)
 
 
+def _bars(ax, rows, series, ratio, have_tl) -> None:
+    """One bar per (row, series): ratio(row, base), or "n/a" where there is none."""
+    width = 0.8 / len(series)
+    xs = range(len(rows))
+    for k, (label, base, color) in enumerate(series):
+        vals = [ratio(r, base) for r in rows]
+        pos = [x - 0.4 + width * (k + 0.5) for x in xs]
+        ax.bar([p for p, v in zip(pos, vals) if v is not None],
+               [v for v in vals if v is not None], width, label=label, color=color)
+        for p, v in zip(pos, vals):
+            if v is None and have_tl:
+                ax.text(p, 0.05, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="gray", linewidth=1)
+    ax.set_xticks(list(xs))
+    ax.grid(True, axis="y", alpha=0.3)
+
+
 def plot_net(rows: list, path: pathlib.Path) -> None:
-    """Bars per row: tideloop/uvloop and tideloop/asyncio, with the row's target marked. Without
-    tideloop numbers, uvloop/asyncio, so the picture still says what the rows look like."""
+    """Top panel, rates: bars per row of tideloop/uvloop and tideloop/asyncio, with the row's
+    target marked. Bottom panel, server CPU per message: uvloop's/tideloop's and
+    asyncio's/tideloop's (above 1: tideloop is cheaper). Without tideloop numbers, uvloop
+    against asyncio, so the picture still says what the rows look like."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -516,24 +638,27 @@ def plot_net(rows: list, path: pathlib.Path) -> None:
         series = [("tideloop / uvloop", "uvloop", "tab:orange"),
                   ("tideloop / asyncio", "asyncio", "tab:blue")]
         ratio = lambda r, b: r["vs"].get(b)  # noqa: E731
+        cpu_series = [("uvloop / tideloop", "uvloop", "tab:orange"),
+                      ("asyncio / tideloop", "asyncio", "tab:blue")]
+        cpu_ratio = lambda r, b: r.get("cpu_vs", {}).get(b)  # noqa: E731
     else:
         series = [("uvloop / asyncio (no tideloop results)", "asyncio", "tab:orange")]
         ratio = lambda r, b: (r["rate"]["uvloop"] / r["rate"]["asyncio"]  # noqa: E731
                               if "uvloop" in r["rate"] and "asyncio" in r["rate"] else None)
+        cpu_series = [("asyncio / uvloop (no tideloop results)", "asyncio", "tab:orange")]
+
+        def cpu_ratio(r, _b):
+            c = r.get("cpu_us_per_msg", {})
+            return c["asyncio"] / c["uvloop"] if c.get("asyncio") and c.get("uvloop") else None
     if all(ratio(r, base) is None for r in rows for _l, base, _c in series):
         progress(f"no ratios to plot (no row has two loops with results): {path} not written")
         return
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows) + 2), 5))
+    have_cpu = any(cpu_ratio(r, base) is not None for r in rows for _l, base, _c in cpu_series)
     xs = range(len(rows))
-    for k, (label, base, color) in enumerate(series):
-        vals = [ratio(r, base) for r in rows]
-        pos = [x - 0.4 + width * (k + 0.5) for x in xs]
-        ax.bar([p for p, v in zip(pos, vals) if v is not None],
-               [v for v in vals if v is not None], width, label=label, color=color)
-        for p, v, r in zip(pos, vals, rows):
-            if v is None and have_tl:
-                ax.text(p, 0.05, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+    fig, axes = plt.subplots(2 if have_cpu else 1, 1, sharex=True, squeeze=False,
+                             figsize=(max(8, 0.55 * len(rows) + 2), 9 if have_cpu else 5))
+    ax = axes[0][0]
+    _bars(ax, rows, series, ratio, have_tl)
     ceil = [(x, r["rate"][CEILING] / r["rate"]["uvloop"]) for x, r in zip(xs, rows)
             if CEILING in r["rate"] and r["rate"].get("uvloop")]
     if ceil:
@@ -544,13 +669,23 @@ def plot_net(rows: list, path: pathlib.Path) -> None:
         ty = [r["target_vs_uvloop"] for r in rows if r["target_vs_uvloop"]]
         ax.scatter(tx, ty, marker="_", s=300, color="black", zorder=3,
                    label="target vs uvloop")
-    ax.axhline(1.0, color="gray", linewidth=1)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([r["short"] for r in rows], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("rate ratio (above 1: the first loop is faster)")
     ax.set_title("Network benchmarks: echo round trips/s and aiohttp requests/s, ratio of medians")
-    ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    if have_cpu:
+        ax = axes[1][0]
+        _bars(ax, rows, cpu_series, cpu_ratio, have_tl)
+        floor = [(x, r["cpu_us_per_msg"]["uvloop"] / r["cpu_us_per_msg"][CEILING])
+                 for x, r in zip(xs, rows)
+                 if r.get("cpu_us_per_msg", {}).get(CEILING)
+                 and "uvloop" in r.get("cpu_us_per_msg", {})]
+        if floor:
+            ax.scatter([c[0] for c in floor], [c[1] for c in floor], marker="o", s=18,
+                       color="gray", zorder=3, label="uvloop / C echo (for scale)")
+        ax.set_ylabel("CPU per message ratio (above 1: the second loop is cheaper)")
+        ax.set_title("Server CPU time (user + system) per round trip / request, ratio of medians")
+        ax.legend(fontsize=8)
+    axes[-1][0].set_xticklabels([r["short"] for r in rows], rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

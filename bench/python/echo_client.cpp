@@ -12,6 +12,14 @@
 // UDP the datagrams given up on. Exit status 1 with {"error": ...} when the server misbehaves
 // (closes, echoes other bytes, or never answers).
 //
+// With --server-pid PID it also reports the CPU time the server process spent inside the
+// measured window ("server_cpu_s"), read by the client itself at the window's two ends, so the
+// samples are exact to the microsecond with no third process waking up: the sum over
+// /proc/PID/task/*/schedstat of the first field (ns on a CPU, every thread of the process), or,
+// on a kernel without schedstat, utime + stime of /proc/PID/stat (all threads, in clock ticks:
+// 10 ms steps). "server_cpu_source" says which. A thread that exits inside the window takes its
+// schedstat time with it (the servers here start none after they are ready).
+//
 // Why it is not the bottleneck: a round trip costs the client one send, one recv and a share of
 // an epoll_wait, no allocation and no copy beyond the kernel's; that is the least any server
 // does too, so the client's cost is the kernel's loopback cost. A Python server adds its
@@ -26,6 +34,7 @@
 //   tideloop_echo_client --transport unix --path /tmp/x/echo.sock ...
 //   tideloop_echo_client --transport udp --host 127.0.0.1 --port P ...   (size <= 61440)
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -41,6 +50,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -68,6 +78,7 @@ struct Options {
   int conns = 1;
   double duration = 1.0;
   double warmup = 0.2;
+  int server_pid = 0;  // 0: no CPU sampling
 };
 
 // One connection's round trip in progress. Only the main thread exists.
@@ -100,7 +111,7 @@ struct Conn {
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: tideloop_echo_client --transport tcp|unix|udp (--host H --port P | --path "
-               "SOCK) --size BYTES --conns N --duration S --warmup S\n");
+               "SOCK) --size BYTES --conns N --duration S --warmup S [--server-pid PID]\n");
   std::exit(2);
 }
 
@@ -135,6 +146,8 @@ Options parse(int argc, char** argv) {
       o.duration = std::atof(v);
     } else if (a == "--warmup") {
       o.warmup = std::atof(v);
+    } else if (a == "--server-pid") {
+      o.server_pid = std::atoi(v);
     } else {
       usage();
     }
@@ -270,6 +283,55 @@ bool pump_recv(Conn& c, bool datagram) {
   return true;
 }
 
+// CPU time of process `pid` so far, all threads, in seconds; negative if it cannot be read.
+// `source` is set to "schedstat" or "stat".
+double process_cpu_s(int pid, const char** source) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  if (DIR* d = ::opendir(dir.c_str())) {
+    unsigned long long ns = 0;
+    bool any = false, ok = true;
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      std::ifstream f(dir + "/" + e->d_name + "/schedstat");
+      unsigned long long t = 0;
+      if (f >> t) {
+        ns += t;
+        any = true;
+      } else if (!::access((dir + "/" + e->d_name).c_str(), F_OK)) {
+        ok = false;  // the thread is there but has no schedstat: use stat
+        break;
+      }  // else the thread exited while we listed: its time is gone either way
+    }
+    ::closedir(d);
+    if (any && ok) {
+      *source = "schedstat";
+      return static_cast<double>(ns) * 1e-9;
+    }
+  }
+  // /proc/PID/stat: fields 14 and 15 (utime, stime) come after the ")" that ends field 2.
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return -1;
+  const auto rparen = line.rfind(')');  // the command name may hold spaces and parens
+  if (rparen == std::string::npos || rparen + 2 > line.size()) return -1;
+  std::string_view rest(line);
+  rest.remove_prefix(rparen + 2);  // now at field 3
+  unsigned long long utime = 0, stime = 0;
+  for (int field = 3; field <= 15; ++field) {
+    const auto sp = rest.find(' ');
+    const std::string tok(rest.substr(0, sp));
+    if (field == 14) utime = std::strtoull(tok.c_str(), nullptr, 10);
+    if (field == 15) stime = std::strtoull(tok.c_str(), nullptr, 10);
+    if (sp == std::string_view::npos) {
+      if (field < 15) return -1;
+      break;
+    }
+    rest.remove_prefix(sp + 1);
+  }
+  *source = "stat";
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 double percentile(std::vector<double>& v, double p) {
   if (v.empty()) return 0;
   auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
@@ -305,6 +367,12 @@ int main(int argc, char** argv) {
   Stats st;
   st.latencies_us.reserve(1 << 20);
   std::uint64_t warm_messages = 0;
+  // Server CPU at the window's start and end (--server-pid); sampled when the loop first sees
+  // the clock past window_start (the epoll_wait timeout below ends there) and past window_end.
+  bool window_open = false;
+  const char* cpu_source = "";
+  const char* cpu_source_end = "";
+  double cpu_start = -1, cpu_end = -1;
 
   for (Conn& c : conns) start_round_trip(ep, c, datagram);
 
@@ -312,8 +380,13 @@ int main(int argc, char** argv) {
   for (;;) {
     const auto now = Clock::now();
     if (now >= window_end) break;
-    // Wake at least every 50 ms: the UDP resend scan and the deadline need no event.
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(window_end - now).count();
+    if (!window_open && now >= window_start) {
+      window_open = true;
+      if (o.server_pid > 0) cpu_start = process_cpu_s(o.server_pid, &cpu_source);
+    }
+    // Wake at least every 50 ms: the UDP resend scan and the deadlines need no event.
+    const auto next = window_open ? window_end : window_start;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count();
     const int timeout = static_cast<int>(std::clamp<long long>(left + 1, 1, 50));
     int n = ::epoll_wait(ep, events, kMaxEvents, timeout);
     if (n < 0) {
@@ -347,6 +420,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (o.server_pid > 0 && window_open) cpu_end = process_cpu_s(o.server_pid, &cpu_source_end);
   for (Conn& c : conns) ::close(c.fd);
   ::close(ep);
 
@@ -361,10 +435,16 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"transport\": \"%s\", \"size\": %zu, \"conns\": %d, \"duration_s\": %.3f, "
       "\"messages\": %llu, \"messages_per_s\": %.1f, \"mib_per_s\": %.2f, "
-      "\"latency_us_p50\": %.1f, \"latency_us_p99\": %.1f, \"lost\": %llu}\n",
+      "\"latency_us_p50\": %.1f, \"latency_us_p99\": %.1f, \"lost\": %llu",
       names[static_cast<int>(o.transport)], o.size, o.conns, secs,
       static_cast<unsigned long long>(st.messages), static_cast<double>(st.messages) / secs,
       static_cast<double>(st.messages) * static_cast<double>(o.size) / secs / (1024.0 * 1024.0),
       p50, p99, static_cast<unsigned long long>(st.lost));
+  // Both samples from the same source, or none (a mixed pair would not subtract).
+  if (cpu_start >= 0 && cpu_end >= cpu_start && std::strcmp(cpu_source, cpu_source_end) == 0) {
+    std::printf(", \"server_cpu_s\": %.6f, \"server_cpu_source\": \"%s\"", cpu_end - cpu_start,
+                cpu_source);
+  }
+  std::printf("}\n");
   return 0;
 }

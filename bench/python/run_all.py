@@ -65,8 +65,8 @@ def main(argv=None):
         return
     emit(rows, args, notes)
     if net_rows is not None:
-        print("\n### Network benchmarks (rates: higher is better)\n" if args.md
-              else "\nNetwork benchmarks (rates: higher is better)")
+        title = "Network benchmarks (rates: higher is better; µs CPU: lower is better)"
+        print(f"\n### {title}\n" if args.md else f"\n{title}")
         emit_net(net_rows, args)
 
 
