@@ -4,7 +4,9 @@
 set -euo pipefail
 PKGS=(build-essential cmake g++ libtbb-dev libasio-dev pybind11-dev python3-pybind11
       libabsl-dev libgtest-dev libbenchmark-dev python3-dev python3-pytest
-      python3-uvloop python3-aiohttp python3-matplotlib wrk librust-tokio-dev)
+      python3-uvloop python3-aiohttp python3-matplotlib wrk librust-tokio-dev
+      python3-hypothesis python3-pytest-xdist clang-14 clang-tidy-14
+      libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,7 @@
 // oneshot channel: one behaviour per test, each run on the current-thread and
 // the multi-thread (2 workers) runtime.
+// Channels are unpacked into variables, not structured bindings: lambdas capture
+// them, which clang 14 (the asan tree's compiler) does not allow for bindings.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -35,7 +37,9 @@ class OneshotTest : public ::testing::TestWithParam<bool> {
 
 TEST_P(OneshotTest, SendBeforeRecv) {
   int v = rt_.block_on([]() -> Task<int> {
-    auto [tx, rx] = oneshot::channel<int>();
+    auto [tx_, rx_] = oneshot::channel<int>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     EXPECT_TRUE(tx.send(7));
     EXPECT_FALSE(tx.valid());
     co_return co_await rx;
@@ -45,7 +49,9 @@ TEST_P(OneshotTest, SendBeforeRecv) {
 
 TEST_P(OneshotTest, RecvBeforeSend) {
   std::string v = rt_.block_on([]() -> Task<std::string> {
-    auto [tx, rx] = oneshot::channel<std::string>();
+    auto [tx_, rx_] = oneshot::channel<std::string>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     auto h = spawn([tx = std::move(tx)]() mutable -> Task<void> {
       for (int i = 0; i < 3; ++i) co_await yield_now();
       EXPECT_TRUE(tx.send(std::string(100, 'x')));
@@ -59,7 +65,9 @@ TEST_P(OneshotTest, RecvBeforeSend) {
 
 TEST_P(OneshotTest, VoidChannel) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<void>();
+    auto [tx_, rx_] = oneshot::channel<void>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     auto h = spawn([tx = std::move(tx)]() mutable { EXPECT_TRUE(tx.send()); });
     co_await rx;
     co_await h;
@@ -68,7 +76,9 @@ TEST_P(OneshotTest, VoidChannel) {
 
 TEST_P(OneshotTest, SenderDroppedThrowsRecvError) {
   bool threw = rt_.block_on([]() -> Task<bool> {
-    auto [tx, rx] = oneshot::channel<Counted>();
+    auto [tx_, rx_] = oneshot::channel<Counted>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     auto h = spawn([tx = std::move(tx)]() mutable -> Task<void> {
       co_await yield_now();
       oneshot::Sender<Counted> gone = std::move(tx);
@@ -87,7 +97,9 @@ TEST_P(OneshotTest, SenderDroppedThrowsRecvError) {
 
 TEST_P(OneshotTest, SenderDroppedBeforeAwait) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<int>();
+    auto [tx_, rx_] = oneshot::channel<int>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     { auto gone = std::move(tx); }
     EXPECT_THROW((void)co_await rx, oneshot::RecvError);
   });
@@ -95,7 +107,9 @@ TEST_P(OneshotTest, SenderDroppedBeforeAwait) {
 
 TEST_P(OneshotTest, ReceiverDroppedSendReturnsFalseAndDestroysValue) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<Counted>();
+    auto [tx_, rx_] = oneshot::channel<Counted>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     EXPECT_FALSE(tx.is_closed());
     { auto gone = std::move(rx); }
     EXPECT_TRUE(tx.is_closed());
@@ -107,20 +121,26 @@ TEST_P(OneshotTest, ReceiverDroppedSendReturnsFalseAndDestroysValue) {
 
 TEST_P(OneshotTest, UnreadValueDestroyedWithReceiver) {
   {
-    auto [tx, rx] = oneshot::channel<Counted>();
+    auto [tx_, rx_] = oneshot::channel<Counted>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     EXPECT_TRUE(tx.send(Counted(1)));
     EXPECT_EQ(Counted::live.load(), 1);
   }
   EXPECT_EQ(Counted::live.load(), 0);
   {
     // Receiver dropped first, then the sender: the value never existed.
-    auto [tx, rx] = oneshot::channel<Counted>();
+    auto [tx_, rx_] = oneshot::channel<Counted>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     { auto gone = std::move(rx); }
   }
 }
 
 TEST_P(OneshotTest, TryRecv) {
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   EXPECT_TRUE(absl::IsUnavailable(rx.try_recv().status()));
   EXPECT_TRUE(rx.is_empty());
   EXPECT_TRUE(tx.send(3));
@@ -131,20 +151,30 @@ TEST_P(OneshotTest, TryRecv) {
   EXPECT_TRUE(rx.is_terminated());
   EXPECT_TRUE(absl::IsFailedPrecondition(rx.try_recv().status()));
 
-  auto [tx2, rx2] = oneshot::channel<int>();
+  auto [tx2_, rx2_] = oneshot::channel<int>();
+
+  auto tx2 = std::move(tx2_);
+
+  auto rx2 = std::move(rx2_);
   { auto gone = std::move(tx2); }
   EXPECT_TRUE(absl::IsFailedPrecondition(rx2.try_recv().status()));
 }
 
 TEST_P(OneshotTest, CloseKeepsValueSentBefore) {
-  auto [tx, rx] = oneshot::channel<Counted>();
+  auto [tx_, rx_] = oneshot::channel<Counted>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   EXPECT_TRUE(tx.send(Counted(9)));
   rx.close();
   auto r = rx.try_recv();
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->v, 9);
 
-  auto [tx2, rx2] = oneshot::channel<Counted>();
+  auto [tx2_, rx2_] = oneshot::channel<Counted>();
+
+  auto tx2 = std::move(tx2_);
+
+  auto rx2 = std::move(rx2_);
   rx2.close();
   EXPECT_TRUE(tx2.is_closed());
   EXPECT_FALSE(tx2.send(Counted(1)));
@@ -154,7 +184,9 @@ TEST_P(OneshotTest, CloseKeepsValueSentBefore) {
 
 TEST_P(OneshotTest, SenderClosedCompletesWhenReceiverDropped) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<int>();
+    auto [tx_, rx_] = oneshot::channel<int>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     auto h = spawn([rx = std::move(rx)]() mutable -> Task<void> {
       co_await yield_now();
       oneshot::Receiver<int> gone = std::move(rx);
@@ -169,7 +201,9 @@ TEST_P(OneshotTest, SenderClosedCompletesWhenReceiverDropped) {
 // A current-thread runtime runs its tasks only inside block_on, so every
 // test drives the runtime through block_on while other threads block.
 TEST_P(OneshotTest, BlockingRecvFromThread) {
-  auto [tx, rx] = oneshot::channel<Counted>();
+  auto [tx_, rx_] = oneshot::channel<Counted>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   std::thread t([rx = std::move(rx)]() mutable {
     Counted c = rx.blocking_recv();
     EXPECT_EQ(c.v, 11);
@@ -182,7 +216,9 @@ TEST_P(OneshotTest, BlockingRecvFromThread) {
 }
 
 TEST_P(OneshotTest, BlockingRecvSenderDropped) {
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   std::thread t([tx = std::move(tx)]() mutable {
     std::this_thread::sleep_for(5ms);
     auto gone = std::move(tx);
@@ -193,14 +229,18 @@ TEST_P(OneshotTest, BlockingRecvSenderDropped) {
 
 TEST_P(OneshotTest, BlockingRecvInsideTaskIsLogicError) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<int>();
+    auto [tx_, rx_] = oneshot::channel<int>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     EXPECT_THROW(rx.blocking_recv(), std::logic_error);
     co_return;
   });
 }
 
 TEST_P(OneshotTest, SendFromThreadToTask) {
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   std::thread t([tx = std::move(tx)]() mutable {
     std::this_thread::sleep_for(2ms);
     EXPECT_TRUE(tx.send(99));
@@ -218,8 +258,12 @@ TEST_P(OneshotTest, SendFromThreadToTask) {
 // the value.
 TEST_P(OneshotTest, AbortWaitingReceiver) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<Counted>();
-    auto [started_tx, started_rx] = oneshot::channel<void>();
+    auto [tx_, rx_] = oneshot::channel<Counted>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
+    auto [started_tx_, started_rx_] = oneshot::channel<void>();
+    auto started_tx = std::move(started_tx_);
+    auto started_rx = std::move(started_rx_);
     auto h = spawn([rx = std::move(rx), started_tx = std::move(started_tx)]() mutable -> Task<int> {
       started_tx.send();
       Counted c = co_await rx;
@@ -238,8 +282,12 @@ TEST_P(OneshotTest, AbortWaitingReceiver) {
 // the receiver stays usable.
 TEST_P(OneshotTest, AbortWaiterReceiverOutlivesIt) {
   rt_.block_on([]() -> Task<void> {
-    auto [tx, rx] = oneshot::channel<Counted>();
-    auto [started_tx, started_rx] = oneshot::channel<void>();
+    auto [tx_, rx_] = oneshot::channel<Counted>();
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
+    auto [started_tx_, started_rx_] = oneshot::channel<void>();
+    auto started_tx = std::move(started_tx_);
+    auto started_rx = std::move(started_rx_);
     auto h = spawn([&rx, started_tx = std::move(started_tx)]() mutable -> Task<int> {
       started_tx.send();
       Counted c = co_await rx;
@@ -258,7 +306,9 @@ TEST_P(OneshotTest, AbortWaiterReceiverOutlivesIt) {
 // Shutting the runtime down cancels a task parked on a receiver; the sender
 // then sees the channel closed.
 TEST_P(OneshotTest, ShutdownCancelsWaiter) {
-  auto [tx, rx] = oneshot::channel<Counted>();
+  auto [tx_, rx_] = oneshot::channel<Counted>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   auto h = rt_.spawn([rx = std::move(rx)]() mutable -> Task<int> {
     Counted c = co_await rx;
     co_return c.v;
@@ -277,7 +327,9 @@ TEST_P(OneshotTest, ShutdownCancelsWaiter) {
 // awaiter gives it back.
 TEST(OneshotProbe, AwaiterDeregistersOnDestroy) {
   ProbeTask task;
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   {
     oneshot::Receiver<int>::Awaiter a = rx.operator co_await();
     EXPECT_FALSE(a.poll_ready(&task));
@@ -293,7 +345,9 @@ TEST(OneshotProbe, AwaiterDeregistersOnDestroy) {
 
 TEST(OneshotProbe, SendWakesRegisteredTaskOnce) {
   ProbeTask task;
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   oneshot::Receiver<int>::Awaiter a = rx.operator co_await();
   EXPECT_FALSE(a.poll_ready(&task));
   EXPECT_TRUE(tx.send(5));
@@ -305,7 +359,9 @@ TEST(OneshotProbe, SendWakesRegisteredTaskOnce) {
 
 TEST(OneshotProbe, SwitchingWakerReplacesTheOldOne) {
   ProbeTask t1, t2;
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   {
     auto a = rx.operator co_await();
     EXPECT_FALSE(a.poll_ready(&t1));
@@ -323,7 +379,9 @@ TEST(OneshotProbe, SwitchingWakerReplacesTheOldOne) {
 
 TEST(OneshotProbe, ClosedAwaiterDeregisters) {
   ProbeTask task;
-  auto [tx, rx] = oneshot::channel<int>();
+  auto [tx_, rx_] = oneshot::channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   {
     auto a = tx.closed();
     EXPECT_FALSE(a.poll_ready(&task));

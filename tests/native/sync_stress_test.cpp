@@ -2,6 +2,8 @@
 // races between the two halves of a channel, many producers and consumers,
 // ping-pong chains. Run under ThreadSanitizer in CI (the "stress" label); the
 // sizes keep the whole file well under 20 s there.
+// Channels are unpacked into variables, not structured bindings: lambdas capture
+// them, which clang 14 (the asan tree's compiler) does not allow for bindings.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -80,8 +82,12 @@ TEST(SyncStress, OneshotPingPong) {
       hs.reserve(pairs);
       for (int i = 0; i < pairs; ++i) {
         hs.push_back(spawn([i]() -> Task<int> {
-          auto [tx1, rx1] = oneshot::channel<int>();
-          auto [tx2, rx2] = oneshot::channel<int>();
+          auto [tx1_, rx1_] = oneshot::channel<int>();
+          auto tx1 = std::move(tx1_);
+          auto rx1 = std::move(rx1_);
+          auto [tx2_, rx2_] = oneshot::channel<int>();
+          auto tx2 = std::move(tx2_);
+          auto rx2 = std::move(rx2_);
           auto pong = spawn([rx1 = std::move(rx1), tx2 = std::move(tx2)]() mutable -> Task<void> {
             int v = co_await rx1;
             tx2.send(v + 1);
@@ -106,10 +112,14 @@ TEST(SyncStress, OneshotChain) {
   auto rt = make_mt();
   const int len = 2000 * kScale;
   int v = rt.block_on([len]() -> Task<int> {
-    auto [first_tx, rx] = oneshot::channel<int>();
+    auto [first_tx_, rx_] = oneshot::channel<int>();
+    auto first_tx = std::move(first_tx_);
+    auto rx = std::move(rx_);
     std::vector<JoinHandle<void>> hs;
     for (int i = 0; i < len; ++i) {
-      auto [tx, next_rx] = oneshot::channel<int>();
+      auto [tx_, next_rx_] = oneshot::channel<int>();
+      auto tx = std::move(tx_);
+      auto next_rx = std::move(next_rx_);
       hs.push_back(spawn([rx = std::move(rx), tx = std::move(tx)]() mutable -> Task<void> {
         int v = co_await rx;
         tx.send(v + 1);
@@ -135,7 +145,9 @@ TEST(SyncStress, OneshotRaces) {
   rt.block_on([&]() -> Task<void> {
     std::vector<JoinHandle<void>> hs;
     for (int i = 0; i < n; ++i) {
-      auto [tx, rx] = oneshot::channel<Counted>();
+      auto [tx_, rx_] = oneshot::channel<Counted>();
+      auto tx = std::move(tx_);
+      auto rx = std::move(rx_);
       const int mode = i % 4;
       hs.push_back(spawn([tx = std::move(tx), mode, &failed]() mutable {
         if (mode == 3) {
@@ -183,8 +195,12 @@ TEST(SyncStress, OneshotThreadsAndTasks) {
   const int n = 500 * kScale;
   std::thread producer([&] {
     for (int i = 0; i < n; ++i) {
-      auto [tx, rx] = oneshot::channel<int>();
-      auto [back_tx, back_rx] = oneshot::channel<int>();
+      auto [tx_, rx_] = oneshot::channel<int>();
+      auto tx = std::move(tx_);
+      auto rx = std::move(rx_);
+      auto [back_tx_, back_rx_] = oneshot::channel<int>();
+      auto back_tx = std::move(back_tx_);
+      auto back_rx = std::move(back_rx_);
       auto h = rt.spawn([rx = std::move(rx), back_tx = std::move(back_tx)]() mutable -> Task<void> {
         back_tx.send(co_await rx * 2);
       });
@@ -215,7 +231,9 @@ TEST(SyncStress, MpscManyProducersManyConsumers) {
   std::vector<mpsc::Receiver<int>> receivers;
   std::vector<mpsc::Sender<int>> task_senders;
   for (int c = 0; c < kChannels; ++c) {
-    auto [tx, rx] = mpsc::channel<int>(c % 2 == 0 ? 1 : 4);
+    auto [tx_, rx_] = mpsc::channel<int>(c % 2 == 0 ? 1 : 4);
+    auto tx = std::move(tx_);
+    auto rx = std::move(rx_);
     thread_senders.push_back(tx);
     task_senders.push_back(std::move(tx));
     receivers.push_back(std::move(rx));
@@ -271,7 +289,9 @@ TEST(SyncStress, MpscUnboundedFanIn) {
   auto rt = make_mt();
   const int producers = 6;
   const int each = 2000 * kScale;
-  auto [tx, rx] = mpsc::unbounded_channel<int>();
+  auto [tx_, rx_] = mpsc::unbounded_channel<int>();
+  auto tx = std::move(tx_);
+  auto rx = std::move(rx_);
   std::thread t([tx]() mutable {
     for (int i = 0; i < each; ++i) ASSERT_TRUE(tx.send(i));
   });
@@ -306,7 +326,9 @@ TEST(SyncStress, MpscAbortParkedSenders) {
   const int senders = 16;
   rt.block_on([&]() -> Task<void> {
     for (int r = 0; r < rounds; ++r) {
-      auto [tx, rx] = mpsc::channel<Counted>(2);
+      auto [tx_, rx_] = mpsc::channel<Counted>(2);
+      auto tx = std::move(tx_);
+      auto rx = std::move(rx_);
       std::vector<JoinHandle<bool>> hs;
       for (int s = 0; s < senders; ++s) {
         hs.push_back(

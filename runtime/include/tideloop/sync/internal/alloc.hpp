@@ -35,7 +35,12 @@ inline void* sync_alloc(std::size_t n) {
 
 inline void sync_free(void* p, std::size_t n) noexcept {
 #ifdef TIDELOOP_SYNC_PLAIN_ALLOC
+#ifdef __cpp_sized_deallocation
   ::operator delete(p, n);
+#else
+  (void)n;  // clang before 19 has sized deallocation off by default
+  ::operator delete(p);
+#endif
 #else
   task_free(p, n);
 #endif
