@@ -30,11 +30,11 @@
 #pragma once
 
 #include <sys/epoll.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <ctime>
 
 namespace tideloop::bridge {
 

@@ -389,7 +389,9 @@ class TimerQueue {
       std::size_t j = i + 1;
       const std::uint64_t tick = batch_[i].tick;
       while (j < n && batch_[j].tick == tick) ++j;
-      if (j - i > 1) sort_group(batch_.begin() + i, batch_.begin() + j);
+      if (j - i > 1)
+        sort_group(batch_.begin() + static_cast<std::ptrdiff_t>(i),
+                   batch_.begin() + static_cast<std::ptrdiff_t>(j));
       i = j;
     }
   }

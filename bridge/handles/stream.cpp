@@ -609,7 +609,14 @@ int flush_at_phase_end(PyObject* o) {
   T* t = reinterpret_cast<T*>(o);
   t->flush_pending = false;
   if (t->conn_lost || t->sock == nullptr || t->lent) return 0;
-  if (queued(t)) return write_ready(t);
+  if (queued(t)) {
+    // write_ready() runs at EPOLLOUT, with EPOLLOUT already watched; here nothing watched it
+    // yet, so what the kernel did not take must start the watch, or it waits forever (seen:
+    // tests/python/test_differential.py, a write() then a large writelines()).
+    int r = write_ready(t);
+    if (r == 0 && queued(t)) update_interest_quietly(t);
+    return r;
+  }
   // send_queued_quietly() drained the queue meanwhile: finish what write_ready() does after the
   // last byte (it runs no Python code, so this was left for here).
   if (t->closing) {
@@ -946,7 +953,13 @@ PyObject* st_writelines(T* t, PyObject* arg) {
     }
   }
   release();
-  if (was_empty && start_writing(t) < 0) return nullptr;
+  if (t->flush_pending) {
+    // Behind bytes a write() of this phase deferred: as write() does, they go at the phase end
+    // together, or now once past the high-water mark.
+    if (queued_size(t) > static_cast<std::size_t>(t->high_water)) send_queued_quietly(t);
+  } else if (was_empty && start_writing(t) < 0) {
+    return nullptr;
+  }
   if (maybe_pause_protocol(t) < 0) return nullptr;
   Py_RETURN_NONE;
 }

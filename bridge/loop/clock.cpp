@@ -1,5 +1,5 @@
 // loop.time(): time.monotonic() with the same rounding, plus a test-only offset.
-#include <time.h>
+#include <ctime>
 
 #include "internal.hpp"
 
@@ -24,6 +24,7 @@ double monotonic_now() {
   std::int64_t ns =
       static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec + g_clock_offset_ns;
   // Same rounding as time.monotonic() (_PyTime_AsSecondsDouble), so loop.time() == monotonic().
+  // NOLINTNEXTLINE(bugprone-integer-division): exact, ns is a whole number of seconds here
   if (ns % 1000000000 == 0) return static_cast<double>(ns / 1000000000);
   volatile double d = static_cast<double>(ns);
   d = d / 1e9;

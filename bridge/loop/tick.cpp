@@ -25,7 +25,8 @@ int process_events(LoopObject* self, epoll_event* events, int n) {
   st.dispatching = true;
   int r = 0;
   for (int i = 0; i < n && r == 0; ++i) {
-    auto* w = reinterpret_cast<Watcher*>(events[i].data.u64);
+    // The tag is the Watcher's address (engine/poller.hpp).
+    auto* w = reinterpret_cast<Watcher*>(events[i].data.u64);  // NOLINT(performance-no-int-to-ptr)
     // Detached earlier in this batch (its memory is kept until the batch ends): skip.
     if (!w->registered) continue;
     r = w->ops->on_events(w, self, events[i].events);

@@ -14,16 +14,18 @@
 // thread resolves the asyncio future (futures are not thread-safe). A drainer posts while it still
 // holds the GIL, so it can drop a call whose loop has closed meanwhile: no native thread ever
 // waits for the GIL just to release a reference.
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "loop/loop.hpp"
 #include "tideloop/blocking.hpp"
+#include "tideloop/internal/annotated_mutex.hpp"
 
 namespace tideloop::bridge {
 
@@ -111,14 +113,16 @@ void finish_in_flight(LoopObject* loop) {
 // other forever (seen: tests/python/test_executor_reaping.py).
 class DeadThreadStates {
  public:
-  static DeadThreadStates& get() {
-    static DeadThreadStates* d = new DeadThreadStates();  // never destroyed: threads may exit late
-    return *d;
-  }
+  static DeadThreadStates& get() { return *instance(); }
+
+  // fork() child (see after_fork_child): the states listed belong to threads the child does
+  // not have, and CPython's own after-fork clean-up frees them; the lock may be held by one of
+  // those threads. Start a new list and leave the old one allocated.
+  static void reset_in_child() { instance() = new DeadThreadStates(); }
 
   // Any thread, without the GIL.
   void add(PyThreadState* ts) {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::LockGuard<internal::StdMutex> lock(mu_);
     states_.push_back(ts);
     pending_.store(true, std::memory_order_release);
   }
@@ -128,7 +132,7 @@ class DeadThreadStates {
     if (!pending_.load(std::memory_order_acquire)) return;
     std::vector<PyThreadState*> dead;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      internal::LockGuard<internal::StdMutex> lock(mu_);
       dead.swap(states_);
       pending_.store(false, std::memory_order_relaxed);
     }
@@ -139,8 +143,13 @@ class DeadThreadStates {
   }
 
  private:
-  std::mutex mu_;
-  std::vector<PyThreadState*> states_;  // guarded by mu_
+  static DeadThreadStates*& instance() {
+    static DeadThreadStates* d = new DeadThreadStates();  // never destroyed: threads may exit late
+    return d;
+  }
+
+  internal::StdMutex mu_;
+  std::vector<PyThreadState*> states_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> pending_{false};
 };
 
@@ -188,7 +197,7 @@ class PyExecutor {
     DeadThreadStates::get().delete_all();
     bool spawn = false;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      internal::LockGuard<internal::StdMutex> lock(mu_);
       if (shut_down_) return false;
       if (!pool_) {
         BlockingPool::Options opts;
@@ -205,7 +214,7 @@ class PyExecutor {
       spawn = ensure_standby();
     }
     if (spawn && !pool_->submit([this]() { drain(); }).ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
+      internal::LockGuard<internal::StdMutex> lock(mu_);
       --drainers_;
       if (drainers_ == 0) {
         // Nobody will run it: take it back.
@@ -224,7 +233,7 @@ class PyExecutor {
   void shutdown() {
     std::unique_ptr<BlockingPool> pool;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      internal::LockGuard<internal::StdMutex> lock(mu_);
       shut_down_ = true;
       pool = std::move(pool_);
       cv_.notify_all();  // parked drainers leave
@@ -237,7 +246,7 @@ class PyExecutor {
     DeadThreadStates::get().delete_all();
     std::deque<ExecutorCall*> left;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      internal::LockGuard<internal::StdMutex> lock(mu_);
       left.swap(queue_);
     }
     for (ExecutorCall* c : left) executor_discard(&c->node);
@@ -248,7 +257,7 @@ class PyExecutor {
   // For _debug_stats(): drainer jobs alive, drainers inside a call, queued calls; the pool's
   // live, idle threads and queued jobs.
   void snapshot(std::size_t out[6]) {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::LockGuard<internal::StdMutex> lock(mu_);
     out[0] = drainers_;
     out[1] = busy_;
     out[2] = queue_.size();
@@ -258,7 +267,7 @@ class PyExecutor {
   }
 
   bool set_keep_alive_ms(long ms) {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::LockGuard<internal::StdMutex> lock(mu_);
     if (pool_) return false;
     keep_alive_ms_ = ms;
     return true;
@@ -279,7 +288,7 @@ class PyExecutor {
     PythonThread& py = PythonThread::current();
     bool have_gil = false;
     int calls_this_hold = 0;
-    std::unique_lock<std::mutex> lock(mu_);
+    internal::UniqueLock lock(mu_);
     for (;;) {
       if (queue_.empty()) {
         if (have_gil) {  // never park holding the GIL; look again once it is released
@@ -322,13 +331,13 @@ class PyExecutor {
     --drainers_;
   }
 
-  // mu_ held. Calls are queued: make sure a drainer that is awake and not inside a call (a
+  // Calls are queued: make sure a drainer that is awake and not inside a call (a
   // standby) will take the next one, by waking a parked drainer or, returning true, asking the
   // caller to start a new one with start_drainer() once mu_ is released. Only one standby at a
   // time: a drainer running calls back to back under the GIL gains nothing from more threads
   // waiting for the GIL (they only make it change hands), and one that releases the GIL in a
   // call hands it to the standby, which then provides the next standby.
-  bool ensure_standby() {
+  bool ensure_standby() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const auto active_free =
         static_cast<std::ptrdiff_t>(drainers_) - static_cast<std::ptrdiff_t>(busy_) -
         (static_cast<std::ptrdiff_t>(parked_) - static_cast<std::ptrdiff_t>(woken_));
@@ -347,26 +356,26 @@ class PyExecutor {
 
   // Without mu_, GIL held (so the pool cannot be shut down meanwhile: shutdown() runs with the
   // GIL until it has taken pool_). Starts the drainer ensure_standby() counted.
-  void start_drainer() {
+  void start_drainer() ABSL_LOCKS_EXCLUDED(mu_) {
     if (pool_->submit([this]() { drain(); }).ok()) return;
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::LockGuard<internal::StdMutex> lock(mu_);
     --drainers_;  // the queued calls stay with the drainers that exist
   }
 
-  // mu_ held. Waits until a call is queued (true) or the park time ran out / shutdown (false).
-  bool park(std::unique_lock<std::mutex>& lock) {
+  // Waits until a call is queued (true) or the park time ran out / shutdown (false).
+  bool park(internal::UniqueLock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++parked_;
     const auto deadline = std::chrono::steady_clock::now() + park_timeout();
     bool timed_out = false;
     while (queue_.empty() && !shut_down_ && !timed_out) {
-      timed_out = cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+      timed_out = cv_.wait_until(lock.native(), deadline) == std::cv_status::timeout;
       if (woken_ > 0) --woken_;  // this wake-up used a notification (or was spurious)
     }
     --parked_;
     return !queue_.empty();
   }
 
-  std::chrono::milliseconds park_timeout() const {
+  std::chrono::milliseconds park_timeout() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return keep_alive_ms_ > 0 ? std::chrono::milliseconds(keep_alive_ms_)
                               : std::chrono::milliseconds(10000);
   }
@@ -400,23 +409,45 @@ class PyExecutor {
     }
   }
 
-  std::mutex mu_;
-  std::deque<ExecutorCall*> queue_;     // guarded by mu_
-  std::size_t drainers_ = 0;            // guarded by mu_: drainer jobs submitted and not finished
-  std::size_t busy_ = 0;                // guarded by mu_: drainers inside a call
-  std::size_t parked_ = 0;              // guarded by mu_: drainers waiting in park()
-  std::size_t woken_ = 0;               // guarded by mu_: notifications not yet consumed
-  std::condition_variable cv_;          // a call was queued, or shutdown
-  bool shut_down_ = false;              // guarded by mu_
-  std::unique_ptr<BlockingPool> pool_;  // created under mu_, used after
-  long keep_alive_ms_ = 0;              // guarded by mu_; test hook, 0: the defaults
+  internal::StdMutex mu_;
+  std::deque<ExecutorCall*> queue_ ABSL_GUARDED_BY(mu_);
+  std::size_t drainers_ ABSL_GUARDED_BY(mu_) = 0;  // drainer jobs submitted and not finished
+  std::size_t busy_ ABSL_GUARDED_BY(mu_) = 0;      // drainers inside a call
+  std::size_t parked_ ABSL_GUARDED_BY(mu_) = 0;    // drainers waiting in park()
+  std::size_t woken_ ABSL_GUARDED_BY(mu_) = 0;     // notifications not yet consumed
+  std::condition_variable cv_;                     // a call was queued, or shutdown
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Created under mu_, used after without it (start_drainer: the GIL keeps shutdown() out).
+  std::unique_ptr<BlockingPool> pool_;
+  long keep_alive_ms_ ABSL_GUARDED_BY(mu_) = 0;  // test hook, 0: the defaults
   const std::size_t max_drainers_;
 };
 
+// The process's executor. Never destroyed: shut down explicitly at interpreter exit (atexit),
+// before finalization. Created and replaced with the GIL held (or in the fork child, where only
+// the forking thread exists).
+PyExecutor* g_executor = nullptr;
+
+// fork(): the child has none of the pool's threads, but the executor still counts them: its
+// first submit() woke a parked drainer that does not exist and the job never ran, and when a
+// pool thread held the executor's lock at the instant of fork() the child's submit() blocked on
+// it forever (tests/python/test_reliability_fork.py). The child starts a new executor on its
+// first run_in_executor; the parent's is left allocated (its lock may be held, its pool refers
+// to threads that are gone) and its queued calls, which belong to the parent's futures, never
+// run in the child. asyncio's default executor belongs to its loop, so a new loop in the child
+// gets a new one too.
+void after_fork_child() {
+  g_executor = nullptr;
+  DeadThreadStates::reset_in_child();
+}
+
 PyExecutor& executor() {
-  // Never destroyed: shut down explicitly at interpreter exit (atexit), before finalization.
-  static PyExecutor* e = new PyExecutor();
-  return *e;
+  if (g_executor == nullptr) {
+    static const int registered = pthread_atfork(nullptr, nullptr, after_fork_child);
+    (void)registered;
+    g_executor = new PyExecutor();
+  }
+  return *g_executor;
 }
 
 }  // namespace

@@ -191,7 +191,7 @@ class AsyncFd {
   class ReadyAwaiter : public internal::LeafAwaiter<ReadyAwaiter> {
    public:
     ReadyAwaiter(AsyncFd* fd, Interest i) : fd_(fd), interest_(i) {}
-    bool poll_ready(internal::TaskHeader* self) {
+    bool poll_ready(internal::TaskHeader* self) override {
       if (internal::tl_budget == 0 && !internal::coop_poll_proceed(self)) return false;
       std::uint64_t snap = 0;
       switch (fd_->reg_.poll_ready(interest_, self, &snap, &ec_)) {
@@ -226,7 +226,7 @@ class AsyncFd {
   class IoAwaiter : public internal::LeafAwaiter<IoAwaiter<F>> {
    public:
     IoAwaiter(AsyncFd* fd, Interest i, F op) : fd_(fd), interest_(i), op_(std::move(op)) {}
-    bool poll_ready(internal::TaskHeader* self) {
+    bool poll_ready(internal::TaskHeader* self) override {
       if (internal::tl_budget == 0 && !internal::coop_poll_proceed(self)) return false;
       for (;;) {
         std::uint64_t snap = 0;

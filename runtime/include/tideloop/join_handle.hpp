@@ -56,7 +56,7 @@ class [[nodiscard]] JoinHandle {
   class Awaiter : public internal::LeafAwaiter<Awaiter> {
    public:
     explicit Awaiter(JoinHandle* h) : h_(h) {}
-    bool poll_ready(internal::TaskHeader* self) {
+    bool poll_ready(internal::TaskHeader* self) override {
       if (!h_->cell_) return true;  // await_resume reports the misuse
       // Budget first, also for a finished task (as Tokio): a loop awaiting
       // many finished handles still yields every budget's worth.

@@ -303,7 +303,7 @@ requires(!internal::IsTask<std::decay_t<F>>::value) &&
 // back of the run queue, never in the LIFO slot).
 class YieldNow : public internal::LeafAwaiter<YieldNow> {
  public:
-  bool poll_ready(internal::TaskHeader* self) {
+  bool poll_ready(internal::TaskHeader* self) override {
     if (yielded_) return true;
     yielded_ = true;
     internal::notify_self(self);  // re-queued behind other work after this poll

@@ -240,6 +240,8 @@ template <class F, class T>
 class FnCell final : public TaskCell<T> {
  public:
   FnCell(Scheduler* s, F&& f) : TaskCell<T>(s) { new (&fn_) F(std::move(f)); }
+  // The sized delete below is this new's usual deallocation function.
+  // NOLINTNEXTLINE(misc-new-delete-overloads)
   static void* operator new(std::size_t n) { return task_alloc(n); }
   static void operator delete(void* p, std::size_t n) noexcept { task_free(p, n); }
 

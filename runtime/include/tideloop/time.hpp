@@ -105,7 +105,7 @@ inline Instant saturating_add(Instant now, Duration d) noexcept {
 }  // namespace internal
 
 // A future that completes at its deadline. Registers on first poll.
-class Sleep : public internal::LeafAwaiter<Sleep> {
+class Sleep final : public internal::LeafAwaiter<Sleep> {
  public:
   explicit Sleep(Instant deadline) noexcept { entry_.deadline_ns = internal::to_ns(deadline); }
   // `now` is a clock reading taken no later than this call (saves one).
@@ -126,7 +126,7 @@ class Sleep : public internal::LeafAwaiter<Sleep> {
   ~Sleep() { internal::timer_cancel(entry_); }
 
   // Rust Future::poll: true once the deadline passed. O(1).
-  bool poll_ready(internal::TaskHeader* self) {
+  bool poll_ready(internal::TaskHeader* self) override {
     if (internal::tl_budget == 0 && !internal::coop_poll_proceed(self)) return false;
     if (entry_.state.load(std::memory_order_acquire) >= internal::TimerEntry::kFired ||
         internal::timer_poll(entry_, self)) {
@@ -191,7 +191,7 @@ class [[nodiscard]] Timeout : public internal::LeafAwaiter<Timeout<T>> {
     if (inner_) inner_.destroy();
   }
 
-  bool poll_ready(internal::TaskHeader* self) {
+  bool poll_ready(internal::TaskHeader* self) override {
     if (!started_) {
       started_ = true;
       if (drive(self, inner_)) return true;
@@ -282,7 +282,7 @@ class Interval {
   class TickAwaiter : public internal::LeafAwaiter<TickAwaiter> {
    public:
     explicit TickAwaiter(Interval* iv) : iv_(iv) {}
-    bool poll_ready(internal::TaskHeader* self) {
+    bool poll_ready(internal::TaskHeader* self) override {
       if (!iv_->sleep_.poll_ready(self)) return false;
       at_ = iv_->sleep_.deadline();
       iv_->schedule_next(at_);

@@ -41,7 +41,7 @@ class Waker {
   // Wakes the target and empties this waker.
   void wake() {
     if (vt_) {
-      auto* vt = std::exchange(vt_, nullptr);
+      const auto* vt = std::exchange(vt_, nullptr);
       vt->wake(std::exchange(data_, nullptr));
     }
   }

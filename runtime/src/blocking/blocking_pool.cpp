@@ -5,41 +5,41 @@
 // std::mutex rather than absl::Mutex: Debian's absl is not built with
 // ThreadSanitizer annotations, so TSan cannot see absl::Mutex's
 // happens-before and reports every access to the queue as a race; it
-// intercepts pthread mutexes.
+// intercepts pthread mutexes. (StdMutex is std::mutex with the annotations
+// -Wthread-safety needs: tideloop/internal/annotated_mutex.hpp.)
 #include <pthread.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "tideloop/blocking.hpp"
+#include "tideloop/internal/annotated_mutex.hpp"
 
 namespace tideloop {
 
 struct BlockingPool::Shared {
   Options opts;
-  mutable std::mutex mu;
+  mutable internal::StdMutex mu;
   std::condition_variable cv;  // work arrived or shutdown
-  // Everything below is guarded by mu.
-  std::deque<absl::AnyInvocable<void() &&>> queue;
-  std::size_t num_threads = 0;
-  std::size_t num_idle = 0;
+  std::deque<absl::AnyInvocable<void() &&>> queue ABSL_GUARDED_BY(mu);
+  std::size_t num_threads ABSL_GUARDED_BY(mu) = 0;
+  std::size_t num_idle ABSL_GUARDED_BY(mu) = 0;
   // Idle threads woken for a job but not yet running it: avoids spawning a new
   // thread for a job an idle one is about to take.
-  std::size_t num_notified = 0;
-  bool shutdown = false;
+  std::size_t num_notified ABSL_GUARDED_BY(mu) = 0;
+  bool shutdown ABSL_GUARDED_BY(mu) = false;
   // Threads that exited by idling out; joined lazily (by the next spawn or
   // shutdown) so no thread joins itself.
-  std::vector<std::thread> finished;
-  std::vector<std::thread> threads;
-  std::uint64_t next_id = 0;
+  std::vector<std::thread> finished ABSL_GUARDED_BY(mu);
+  std::vector<std::thread> threads ABSL_GUARDED_BY(mu);
+  std::uint64_t next_id ABSL_GUARDED_BY(mu) = 0;
 
-  void worker_main(std::shared_ptr<Shared> self, std::uint64_t id);
+  void worker_main(std::shared_ptr<Shared> self, std::uint64_t id) ABSL_LOCKS_EXCLUDED(mu);
 };
 
 namespace {
@@ -50,9 +50,11 @@ void set_thread_name(const std::string& base, std::uint64_t id) {
 }
 }  // namespace
 
+// `self` by value: the thread's own reference keeps Shared alive until it returns.
+// NOLINTNEXTLINE(performance-unnecessary-value-param)
 void BlockingPool::Shared::worker_main(std::shared_ptr<Shared> self, std::uint64_t id) {
   set_thread_name(opts.thread_name, id);
-  std::unique_lock<std::mutex> lock(mu);
+  internal::UniqueLock lock(mu);
   for (;;) {
     while (!queue.empty()) {
       auto job = std::move(queue.front());
@@ -67,7 +69,7 @@ void BlockingPool::Shared::worker_main(std::shared_ptr<Shared> self, std::uint64
     const auto deadline = std::chrono::steady_clock::now() + opts.keep_alive;
     bool timed_out = false;
     while (queue.empty() && !shutdown && !timed_out) {
-      timed_out = cv.wait_until(lock, deadline) == std::cv_status::timeout;
+      timed_out = cv.wait_until(lock.native(), deadline) == std::cv_status::timeout;
       // Every wake-up consumes one notification, also when a busy thread took
       // the job first and this one goes back to waiting. Consuming it only
       // when leaving the loop let num_notified drift up after one-by-one
@@ -105,7 +107,7 @@ absl::Status BlockingPool::submit(absl::AnyInvocable<void() &&> job) {
   Shared& s = *shared_;
   std::vector<std::thread> to_join;
   {
-    std::lock_guard<std::mutex> lock(s.mu);
+    internal::LockGuard<internal::StdMutex> lock(s.mu);
     if (s.shutdown) return absl::FailedPreconditionError("blocking pool is shut down");
     s.queue.push_back(std::move(job));
     to_join.swap(s.finished);
@@ -136,7 +138,7 @@ void BlockingPool::shutdown() {
   std::vector<std::thread> threads;
   std::deque<absl::AnyInvocable<void() &&>> dropped;
   {
-    std::lock_guard<std::mutex> lock(s.mu);
+    internal::LockGuard<internal::StdMutex> lock(s.mu);
     if (s.shutdown && s.threads.empty() && s.finished.empty()) return;
     s.shutdown = true;
     dropped.swap(s.queue);
@@ -150,15 +152,15 @@ void BlockingPool::shutdown() {
 }
 
 std::size_t BlockingPool::num_threads() const {
-  std::lock_guard<std::mutex> lock(shared_->mu);
+  internal::LockGuard<internal::StdMutex> lock(shared_->mu);
   return shared_->num_threads;
 }
 std::size_t BlockingPool::num_idle() const {
-  std::lock_guard<std::mutex> lock(shared_->mu);
+  internal::LockGuard<internal::StdMutex> lock(shared_->mu);
   return shared_->num_idle;
 }
 std::size_t BlockingPool::num_queued() const {
-  std::lock_guard<std::mutex> lock(shared_->mu);
+  internal::LockGuard<internal::StdMutex> lock(shared_->mu);
   return shared_->queue.size();
 }
 

@@ -21,7 +21,8 @@ namespace {
 JoinHandle<Result<Endpoints>> resolve_on_pool(std::string host, std::string service) {
   // The resolver object belongs to the runtime's io_context (kept alive by
   // the capture); its synchronous resolve is getaddrinfo on a pool thread.
-  std::shared_ptr<tideloop::internal::Reactor> reactor = tideloop::internal::current_reactor();
+  const std::shared_ptr<tideloop::internal::Reactor>& reactor =
+      tideloop::internal::current_reactor();
   return spawn_blocking(
       [reactor, host = std::move(host), service = std::move(service)]() -> Result<Endpoints> {
         asio::ip::tcp::resolver resolver(reactor->context());

@@ -73,7 +73,7 @@ bool UdpSocket::DatagramOp::poll_ready(TaskHeader* self) {
     } else if (kind_ == Kind::kSend) {
       n = ::send(fd, buf_, len_, MSG_NOSIGNAL);
     } else if (kind_ == Kind::kRecvFrom) {
-      socklen_t alen = static_cast<socklen_t>(peer_.capacity());
+      auto alen = static_cast<socklen_t>(peer_.capacity());
       n = ::recvfrom(fd, buf_, len_, 0, peer_.data(), &alen);
       if (n >= 0) peer_.resize(alen);
     } else {

@@ -3,12 +3,12 @@
 // thread go to a plain deque; from other threads to an injector plus an
 // unpark of the driver.
 #include <deque>
-#include <mutex>
 
 #include "io/event_driver.hpp"  // [time/io]
 #include "scheduler/injector.hpp"
 #include "scheduler/owned_tasks.hpp"
 #include "scheduler/parker.hpp"
+#include "tideloop/internal/annotated_mutex.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
@@ -49,7 +49,7 @@ class RootScheduler final : public Scheduler {
 
 class CurrentThread final : public RuntimeCore {
  public:
-  explicit CurrentThread(RuntimeConfig cfg) : cfg_(std::move(cfg)), owned_() {
+  explicit CurrentThread(RuntimeConfig cfg) : cfg_(std::move(cfg)) {
     // [time/io] timers, reactor and blocking pool (runtime/src/io/event_driver.hpp)
     driver_ = make_event_driver(this, cfg_, 1);
   }
@@ -78,7 +78,7 @@ class CurrentThread final : public RuntimeCore {
   }
 
   void block_on(TaskHeader* root) override {
-    std::lock_guard<std::mutex> drive(drive_mu_);  // one driver at a time
+    LockGuard<StdMutex> drive(drive_mu_);  // one driver at a time
     RootScheduler rs(&parker_, driver_.get());
     root->scheduler = &rs;
     CurrentThread* saved_driver = tl_driver;
@@ -134,18 +134,31 @@ class CurrentThread final : public RuntimeCore {
   }
 
   void shutdown() override {
-    std::lock_guard<std::recursive_mutex> g(shutdown_mu_);
+    LockGuard<StdRecursiveMutex> g(shutdown_mu_);
     if (shutdown_started_) return;
     shutdown_started_ = true;
     remote_.close();
-    owned_.close_and_shutdown_all();
     {
-      std::lock_guard<std::mutex> drive(drive_mu_);
+      LockGuard<StdMutex> drive(drive_mu_);
       while (!local_.empty()) {
         drop_notified(local_.front());
         local_.pop_front();
       }
-      if (driver_) driver_->shutdown();  // [time/io]
+      // [time/io] Before the tasks are cancelled, as in the multi-thread
+      // runtime: the blocking pool waits for its running jobs, which may use
+      // a frame they were handed by reference (co_await spawn_blocking([&]
+      // {...})); cancelling first destroyed such frames under running jobs
+      // (tests/reliability/native_shutdown_load_test).
+      if (driver_) driver_->shutdown();
+      while (!local_.empty()) {
+        drop_notified(local_.front());
+        local_.pop_front();
+      }
+    }
+    owned_.close_and_shutdown_all();
+    {
+      // Cancelled tasks' destructors may have woken others.
+      LockGuard<StdMutex> drive(drive_mu_);
       while (!local_.empty()) {
         drop_notified(local_.front());
         local_.pop_front();
@@ -179,10 +192,10 @@ class CurrentThread final : public RuntimeCore {
   Injector remote_;
   std::deque<TaskHeader*> local_;  // driver thread only (or under drive_mu_)
   Parker parker_;
-  std::mutex drive_mu_;
+  StdMutex drive_mu_;
   std::unique_ptr<EventDriver> driver_;  // [time/io] set in the constructor
-  std::recursive_mutex shutdown_mu_;
-  bool shutdown_started_ = false;  // guarded by shutdown_mu_
+  StdRecursiveMutex shutdown_mu_;
+  bool shutdown_started_ ABSL_GUARDED_BY(shutdown_mu_) = false;
   std::atomic<std::uint64_t> spawned_{0}, polls_{0}, parks_{0};
 };
 

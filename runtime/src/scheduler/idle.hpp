@@ -11,8 +11,9 @@
 
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <vector>
+
+#include "tideloop/internal/annotated_mutex.hpp"
 
 namespace tideloop::internal {
 
@@ -26,7 +27,7 @@ class Idle {
   // Index of a worker to wake, or -1 if waking is unnecessary.
   long worker_to_notify() {
     if (!notify_should_wakeup()) return -1;
-    std::lock_guard<std::mutex> g(mu_);
+    LockGuard<StdMutex> g(mu_);
     if (!notify_should_wakeup()) return -1;
     if (sleepers_.empty()) return -1;
     // The woken worker starts out searching.
@@ -51,7 +52,7 @@ class Idle {
 
   // True if the worker was the last searcher (it must then check for work).
   bool transition_worker_to_parked(std::size_t worker, bool is_searching) {
-    std::lock_guard<std::mutex> g(mu_);
+    LockGuard<StdMutex> g(mu_);
     const std::size_t dec = (std::size_t{1} << kUnparkShift) | (is_searching ? 1 : 0);
     const std::size_t prev = state_.fetch_sub(dec, std::memory_order_seq_cst);
     sleepers_.push_back(worker);
@@ -61,7 +62,7 @@ class Idle {
   // Removes `worker` from the sleepers if it is there (it woke on its own).
   // True if it was there.
   bool unpark_worker_by_id(std::size_t worker) {
-    std::lock_guard<std::mutex> g(mu_);
+    LockGuard<StdMutex> g(mu_);
     for (std::size_t i = 0; i < sleepers_.size(); ++i) {
       if (sleepers_[i] == worker) {
         sleepers_[i] = sleepers_.back();
@@ -74,7 +75,7 @@ class Idle {
   }
 
   bool is_parked(std::size_t worker) {
-    std::lock_guard<std::mutex> g(mu_);
+    LockGuard<StdMutex> g(mu_);
     for (std::size_t w : sleepers_)
       if (w == worker) return true;
     return false;
@@ -109,8 +110,8 @@ class Idle {
 
   const std::size_t num_workers_;
   std::atomic<std::size_t> state_;
-  std::mutex mu_;
-  std::vector<std::size_t> sleepers_;  // guarded by mu_
+  StdMutex mu_;
+  std::vector<std::size_t> sleepers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tideloop::internal

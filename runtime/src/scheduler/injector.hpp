@@ -16,8 +16,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 
+#include "tideloop/internal/annotated_mutex.hpp"
 #include "tideloop/internal/task_core.hpp"
 
 namespace tideloop::internal {
@@ -37,7 +37,7 @@ class Injector {
   bool push(TaskHeader* t) noexcept { return push_n(&t, 1); }
 
   bool push_n(TaskHeader* const* ts, std::size_t n) noexcept {
-    std::unique_lock<std::mutex> g(mu_);
+    UniqueLock g(mu_);
     if (closed_) {
       g.unlock();
       for (std::size_t i = 0; i < n; ++i) drop_notified(ts[i]);
@@ -62,7 +62,7 @@ class Injector {
   // Pops up to `max` tasks (FIFO) into out[]; returns how many.
   std::size_t pop_n(TaskHeader** out, std::size_t max) noexcept {
     if (is_empty()) return 0;
-    std::lock_guard<std::mutex> g(mu_);
+    LockGuard<StdMutex> g(mu_);
     std::size_t n = 0;
     while (n < max && head_ != nullptr) {
       Segment* s = head_;
@@ -88,7 +88,7 @@ class Injector {
 
   // Returns true for the call that closed it.
   bool close() noexcept {
-    std::lock_guard<std::mutex> g(mu_);
+    LockGuard<StdMutex> g(mu_);
     if (closed_) return false;
     closed_ = true;
     closed_flag_.store(true, std::memory_order_release);
@@ -102,7 +102,7 @@ class Injector {
     for (;;) {
       std::size_t n;
       {
-        std::lock_guard<std::mutex> g(mu_);
+        LockGuard<StdMutex> g(mu_);
         n = 0;
         while (n < 64 && head_ != nullptr) {
           Segment* s = head_;
@@ -132,7 +132,7 @@ class Injector {
     TaskHeader* items[kSegmentCap];
   };
 
-  void append_segment() {  // mu_ held
+  void append_segment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Segment* s = spare_ ? std::exchange(spare_, nullptr) : new Segment();
     s->next = nullptr;
     s->begin = s->end = 0;
@@ -143,7 +143,7 @@ class Injector {
     }
     tail_ = s;
   }
-  void recycle(Segment* s) {  // mu_ held
+  void recycle(Segment* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (spare_ == nullptr) {
       spare_ = s;
     } else {
@@ -154,11 +154,11 @@ class Injector {
     while (s) delete std::exchange(s, s->next);
   }
 
-  std::mutex mu_;
-  Segment* head_ = nullptr;   // guarded by mu_
-  Segment* tail_ = nullptr;   // guarded by mu_
-  Segment* spare_ = nullptr;  // guarded by mu_
-  bool closed_ = false;       // guarded by mu_
+  StdMutex mu_;
+  Segment* head_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Segment* tail_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Segment* spare_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<std::size_t> len_{0};
   std::atomic<bool> closed_flag_{false};
 };

@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -27,6 +26,7 @@
 #include "scheduler/owned_tasks.hpp"
 #include "scheduler/parker.hpp"
 #include "scheduler/spinlock.hpp"
+#include "tideloop/internal/annotated_mutex.hpp"
 #include "tideloop/runtime.hpp"
 
 namespace tideloop::internal {
@@ -191,7 +191,7 @@ class MultiThread final : public RuntimeCore {
   void shutdown() override {
     // Recursive: a task destroyed during shutdown may drop the last Handle,
     // which calls shutdown() again on this thread. Other threads wait here.
-    std::lock_guard<std::recursive_mutex> g(shutdown_mu_);
+    LockGuard<StdRecursiveMutex> g(shutdown_mu_);
     if (shutdown_started_) return;
     shutdown_started_ = true;
     if (tl_worker != nullptr && tl_worker->rt == this) {
@@ -213,7 +213,7 @@ class MultiThread final : public RuntimeCore {
     m.workers = n_;
     m.spawned = spawned_.load(std::memory_order_relaxed);
     m.unparks = unparks_.load(std::memory_order_relaxed);
-    for (auto& w : workers_) {
+    for (const auto& w : workers_) {
       m.polls += w->polls.load(std::memory_order_relaxed);
       m.spawned += w->spawned.load(std::memory_order_relaxed);
       m.steals += w->steals.load(std::memory_order_relaxed);
@@ -315,6 +315,11 @@ class MultiThread final : public RuntimeCore {
   // the run queues never empty.
   void maintenance(Worker* w) {
     owned_.drain_removed(w->index);
+    // Yielded tasks go back behind the queued work here too (as Tokio's
+    // maintenance wakes its defer list), not only when the worker runs dry:
+    // under sustained load (a ping-pong that never empties the queue) a task
+    // that called yield_now() or spent its budget never ran again.
+    if (!w->deferred.empty()) requeue_deferred(w);
     if (!driver_) return;
     if (driver_mu_.try_lock()) {
       driver_->park(std::chrono::nanoseconds(0));  // our set, timers, sleepers' sets
@@ -560,15 +565,15 @@ class MultiThread final : public RuntimeCore {
   std::vector<std::unique_ptr<Worker>> workers_;
   // Time and I/O; null until a driver is installed (see driver.hpp).
   std::unique_ptr<Driver> driver_;
-  std::mutex driver_mu_;  // held by the worker inside driver_->park()
+  StdMutex driver_mu_;  // held by the worker inside driver_->park()
   std::atomic<std::uint64_t> spawned_{0};
   std::atomic<std::uint64_t> unparks_{0};
   // Spreads remote spawns over a few shards (racy increments are fine).
   // Spawns from outside any worker (block_on threads, foreign threads) pick
   // an owner shard round-robin; those threads run concurrently, hence atomic.
   std::atomic<std::uint32_t> remote_shard_{0};
-  bool shutdown_started_ = false;  // guarded by shutdown_mu_
-  std::recursive_mutex shutdown_mu_;
+  StdRecursiveMutex shutdown_mu_;
+  bool shutdown_started_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
 
 }  // namespace

@@ -23,9 +23,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 
 #include "scheduler/spinlock.hpp"
+#include "tideloop/internal/annotated_mutex.hpp"
 #include "tideloop/internal/task_core.hpp"
 
 namespace tideloop::internal {
@@ -92,7 +92,7 @@ class OwnedTasks {
   bool bind(TaskHeader* t, std::size_t hint) noexcept {
     t->owner_shard = static_cast<std::uint32_t>(hint & (kShards - 1));
     Shard& s = shards_[t->owner_shard];
-    std::lock_guard<SpinLock> g(s.lock);
+    LockGuard<SpinLock> g(s.lock);
     if (closed_.load(std::memory_order_acquire)) return false;
     t->in_owner_set = true;
     t->owned_prev = nullptr;
@@ -106,7 +106,7 @@ class OwnedTasks {
   // True if t was in the set (the caller then drops the owner reference).
   bool remove(TaskHeader* t) noexcept {
     Shard& s = shards_[t->owner_shard];
-    std::lock_guard<SpinLock> g(s.lock);
+    LockGuard<SpinLock> g(s.lock);
     if (!t->in_owner_set) return false;  // popped by close_and_shutdown_all
     unlink(s, t);
     return true;
@@ -130,7 +130,7 @@ class OwnedTasks {
       for (;;) {
         TaskHeader* t;
         {
-          std::lock_guard<SpinLock> g(s.lock);
+          LockGuard<SpinLock> g(s.lock);
           t = s.head;
           if (!t) break;
           unlink(s, t);
@@ -154,7 +154,7 @@ class OwnedTasks {
       n += c > p ? c - p : 0;
     }
     for (Shard& s : shards_) {
-      std::lock_guard<SpinLock> g(s.lock);
+      LockGuard<SpinLock> g(s.lock);
       n += s.count;
     }
     return n;
@@ -163,8 +163,8 @@ class OwnedTasks {
  private:
   struct alignas(64) Shard {
     SpinLock lock;
-    TaskHeader* head = nullptr;
-    std::uint64_t count = 0;
+    TaskHeader* head ABSL_GUARDED_BY(lock) = nullptr;
+    std::uint64_t count ABSL_GUARDED_BY(lock) = 0;
   };
   struct alignas(64) LocalShard {
     TaskHeader* head = nullptr;           // owner worker only
@@ -200,7 +200,7 @@ class OwnedTasks {
     }
     if (n) s.pending.fetch_sub(n, std::memory_order_relaxed);
   }
-  static void unlink(Shard& s, TaskHeader* t) noexcept {
+  static void unlink(Shard& s, TaskHeader* t) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.lock) {
     unlink_from(s.head, t);
     --s.count;
   }

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+
 namespace tideloop::internal {
 
 // One spin-wait step: tells the core we are spinning (x86 `pause`).
@@ -18,9 +20,11 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-class SpinLock {
+// Annotated for -Wthread-safety; hold it with LockGuard<SpinLock>
+// (tideloop/internal/annotated_mutex.hpp), which the analysis can see.
+class ABSL_LOCKABLE SpinLock {
  public:
-  void lock() noexcept {
+  void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
     for (int spins = 0;; ++spins) {
       if (!locked_.exchange(true, std::memory_order_acquire)) return;
       while (locked_.load(std::memory_order_relaxed)) {
@@ -32,8 +36,10 @@ class SpinLock {
       }
     }
   }
-  bool try_lock() noexcept { return !locked_.exchange(true, std::memory_order_acquire); }
-  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+  bool try_lock() noexcept ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
+    return !locked_.exchange(true, std::memory_order_acquire);
+  }
+  void unlock() noexcept ABSL_UNLOCK_FUNCTION() { locked_.store(false, std::memory_order_release); }
 
  private:
   std::atomic<bool> locked_{false};

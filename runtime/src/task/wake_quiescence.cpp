@@ -1,26 +1,56 @@
 #include "task/wake_quiescence.hpp"
 
-#include <mutex>
+#include <pthread.h>
+
 #include <thread>
 #include <vector>
+
+#include "tideloop/internal/annotated_mutex.hpp"
 
 namespace tideloop::internal {
 namespace {
 
-std::mutex& registry_mu() {
-  static std::mutex mu;
+void atfork_prepare();
+void atfork_parent();
+void atfork_child();
+
+StdMutex& registry_mu() {
+  static StdMutex mu;
+  static const int atfork = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+  (void)atfork;
   return mu;
 }
-std::vector<WakeSlot*>& registry() {
+std::vector<WakeSlot*>& registry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu()) {
   static auto* v = new std::vector<WakeSlot*>();  // never destroyed: used at exit
   return *v;
+}
+
+// fork(): the child has only the forking thread, but the registry still
+// lists the slots of the parent's other threads, and one of them may have
+// been inside a wake (odd) at that instant: the child's first runtime
+// destructor then waited for it forever (tests/reliability/native_fork_test).
+// The lock is held across fork() so the child gets a consistent list and a
+// lock nobody holds; the child keeps only its own slot. The others are left
+// allocated (no allocation or free inside the fork handler); their threads
+// do not exist in the child.
+void atfork_prepare() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  registry_mu().lock();
+}
+void atfork_parent() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  registry_mu().unlock();
+}
+void atfork_child() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  auto& r = registry();
+  r.clear();  // keeps the capacity: the push_back below does not allocate
+  if (tl_wake_slot != nullptr) r.push_back(tl_wake_slot);
+  registry_mu().unlock();
 }
 
 struct SlotOwner {
   WakeSlot* slot = nullptr;
   ~SlotOwner() {
     if (!slot) return;
-    std::lock_guard<std::mutex> g(registry_mu());
+    LockGuard<StdMutex> g(registry_mu());
     auto& r = registry();
     for (auto& s : r) {
       if (s == slot) {
@@ -40,7 +70,7 @@ thread_local SlotOwner tl_owner;
 WakeSlot* register_wake_slot() {
   auto* s = new WakeSlot();
   {
-    std::lock_guard<std::mutex> g(registry_mu());
+    LockGuard<StdMutex> g(registry_mu());
     registry().push_back(s);
   }
   tl_owner.slot = s;
@@ -51,7 +81,7 @@ WakeSlot* register_wake_slot() {
 void wait_for_wakers_quiescent() noexcept {
   std::vector<std::pair<WakeSlot*, std::uint64_t>> busy;
   {
-    std::lock_guard<std::mutex> g(registry_mu());
+    LockGuard<StdMutex> g(registry_mu());
     for (WakeSlot* s : registry()) {
       const std::uint64_t v = s->seq.load(std::memory_order_acquire);
       if (v & 1) busy.emplace_back(s, v);

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <mutex>
 
 #include "io/event_driver.hpp"
 
@@ -140,7 +139,7 @@ bool TimeDriver::register_entry(TimerEntry& e, TaskHeader* self) {
   bool lowered = false;
   Waker evicted;  // dropped after unlocking
   {
-    std::lock_guard<SpinLock> g(s.lock);
+    LockGuard<SpinLock> g(s.lock);
     if (s.shutdown) {
       e.state.store(TimerEntry::kShutdown, std::memory_order_release);
       return true;
@@ -208,7 +207,7 @@ std::size_t TimeDriver::process(std::int64_t now) {
   for (auto& sp : shards_) {
     TimerShard& s = *sp;
     if (s.next_deadline.load(std::memory_order_acquire) > now) continue;
-    std::lock_guard<SpinLock> g(s.lock);
+    LockGuard<SpinLock> g(s.lock);
     while (!s.near.empty() && s.near.front()->deadline_ns <= now)
       fire_locked(s, near_pop(s.near), TimerEntry::kFired);
     for (TimerWheelNode* n = s.wheel.advance(now_tick); n != nullptr;) {
@@ -226,7 +225,8 @@ std::size_t TimeDriver::process(std::int64_t now) {
 
 std::int64_t TimeDriver::next_deadline() const noexcept {
   std::int64_t next = kNever;
-  for (auto& s : shards_) next = std::min(next, s->next_deadline.load(std::memory_order_seq_cst));
+  for (const auto& s : shards_)
+    next = std::min(next, s->next_deadline.load(std::memory_order_seq_cst));
   return next;
 }
 
@@ -246,9 +246,13 @@ void TimeDriver::end_sleep() noexcept {
 
 void TimeDriver::shutdown() {
   std::vector<Waker> wakers;
+  // The shards' cached wakers are only released: their task's timers fired above, each with
+  // its own waker; waking the cached one too was a spurious wake-up (found by
+  // tests/native/model_timer_wheel_test.cpp). Released outside the locks, like the others.
+  std::vector<Waker> cached;
   for (auto& sp : shards_) {
     TimerShard& s = *sp;
-    std::lock_guard<SpinLock> g(s.lock);
+    LockGuard<SpinLock> g(s.lock);
     s.shutdown = true;
     while (!s.near.empty()) fire_locked(s, near_pop(s.near), TimerEntry::kShutdown);
     for (TimerWheelNode* n = s.wheel.advance(~std::uint64_t{0} >> 1); n != nullptr;) {
@@ -259,7 +263,7 @@ void TimeDriver::shutdown() {
     s.next_deadline.store(kNever, std::memory_order_seq_cst);
     for (auto& w : fired_) wakers.push_back(std::move(w));
     fired_.clear();
-    wakers.push_back(std::move(s.cache_waker));  // dropped (a no-op wake) below
+    cached.push_back(std::move(s.cache_waker));
     s.cache_task = nullptr;
     s.cache_users = 0;
   }
@@ -268,8 +272,8 @@ void TimeDriver::shutdown() {
 
 std::size_t TimeDriver::pending() const {
   std::size_t n = 0;
-  for (auto& s : shards_) {
-    std::lock_guard<SpinLock> g(s->lock);
+  for (const auto& s : shards_) {
+    LockGuard<SpinLock> g(s->lock);
     n += s->wheel.size() + s->near.size();
   }
   return n;
@@ -287,7 +291,7 @@ bool timer_poll(TimerEntry& e, TaskHeader* self) {
     Waker old;
     TimerShard* s = e.shard;
     {
-      std::lock_guard<SpinLock> g(s->lock);
+      LockGuard<SpinLock> g(s->lock);
       if (e.state.load(std::memory_order_relaxed) != TimerEntry::kRegistered) return true;
       TimeDriver::detach_waker(*s, e, &old);
       e.waker = std::move(w);
@@ -309,7 +313,7 @@ void timer_cancel(TimerEntry& e) noexcept {
   TimerShard* s = e.shard;
   Waker w;
   {
-    std::lock_guard<SpinLock> g(s->lock);
+    LockGuard<SpinLock> g(s->lock);
     // Re-check: the driver may have fired it since.
     if (e.state.load(std::memory_order_relaxed) != TimerEntry::kRegistered) return;
     if (e.heap_index != TimerEntry::kNoHeap) {

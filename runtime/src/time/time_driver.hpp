@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "scheduler/spinlock.hpp"
+#include "tideloop/internal/annotated_mutex.hpp"
 #include "tideloop/time.hpp"
 
 namespace tideloop::internal {
@@ -42,18 +43,17 @@ class alignas(64) TimerShard {
  public:
   TimeDriver* driver = nullptr;
   SpinLock lock;
-  // Guarded by lock:
-  TimerWheel wheel;
-  std::vector<TimerEntry*> near;  // min-heap on deadline_ns
-  bool shutdown = false;
-  // A one-slot waker cache (guarded by lock): the timers of the task whose
+  TimerWheel wheel ABSL_GUARDED_BY(lock);
+  std::vector<TimerEntry*> near ABSL_GUARDED_BY(lock);  // min-heap on deadline_ns
+  bool shutdown ABSL_GUARDED_BY(lock) = false;
+  // A one-slot waker cache: the timers of the task whose
   // waker sits here share it (counted in cache_users) instead of cloning
   // their own, so a task that keeps creating and dropping timers (a timeout
   // around every read) does no refcount traffic. The slot is replaced only
   // when unused; it keeps its task's block allocated until then.
-  TaskHeader* cache_task = nullptr;
-  Waker cache_waker;
-  std::uint32_t cache_users = 0;
+  TaskHeader* cache_task ABSL_GUARDED_BY(lock) = nullptr;
+  Waker cache_waker ABSL_GUARDED_BY(lock);
+  std::uint32_t cache_users ABSL_GUARDED_BY(lock) = 0;
   // Lower bound of the earliest fire time (ns) in this shard, kNever when
   // empty. Written under lock; read without it by the driver to skip shards.
   std::atomic<std::int64_t> next_deadline{kNever};
@@ -103,16 +103,19 @@ class TimeDriver {
     return origin_ns_ + static_cast<std::int64_t>(tick) * kTickNs;
   }
 
-  // Under s.lock: gives e self's waker, from the cache when possible. May
-  // leave a replaced waker in *evicted, to drop after unlocking.
-  static void attach_waker(TimerShard& s, TimerEntry& e, TaskHeader* self, Waker* evicted);
-  // Under s.lock: takes e's waker away (into *out unless it was a cache share).
-  static void detach_waker(TimerShard& s, TimerEntry& e, Waker* out) noexcept;
+  // Gives e self's waker, from the cache when possible. May leave a replaced
+  // waker in *evicted, to drop after unlocking.
+  static void attach_waker(TimerShard& s, TimerEntry& e, TaskHeader* self, Waker* evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.lock);
+  // Takes e's waker away (into *out unless it was a cache share).
+  static void detach_waker(TimerShard& s, TimerEntry& e, Waker* out) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.lock);
 
  private:
   TimerShard& shard_for_current_thread() noexcept;
-  void fire_locked(TimerShard& s, TimerEntry* e, std::uint8_t state);
-  std::int64_t recompute_locked(TimerShard& s) noexcept;
+  void fire_locked(TimerShard& s, TimerEntry* e, std::uint8_t state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.lock);
+  std::int64_t recompute_locked(TimerShard& s) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.lock);
 
   const std::int64_t origin_ns_;
   std::function<void()> unpark_;

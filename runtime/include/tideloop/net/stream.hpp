@@ -40,7 +40,7 @@ class StreamSocket {
     enum class Kind : std::uint8_t { kRead, kReadExact, kWrite, kWriteAll };
     IoOp(tideloop::internal::IoRegistration* io, Kind k, void* buf, std::size_t len) noexcept
         : io_(io), buf_(static_cast<std::byte*>(buf)), len_(len), kind_(k) {}
-    bool poll_ready(tideloop::internal::TaskHeader* self);
+    bool poll_ready(tideloop::internal::TaskHeader* self) override;
     Result<std::size_t> await_resume() noexcept {
       if (ec_) return ec_;
       return done_;
@@ -127,7 +127,7 @@ int connect_poll(tideloop::internal::IoRegistration& reg, ConnectState& st, cons
 template <class Endpoint>
 Result<Endpoint> socket_name(int fd, bool peer) {
   Endpoint ep;
-  socklen_t len = static_cast<socklen_t>(ep.capacity());
+  auto len = static_cast<socklen_t>(ep.capacity());
   const int r = peer ? ::getpeername(fd, ep.data(), &len) : ::getsockname(fd, ep.data(), &len);
   if (r != 0) return last_errno_code();
   ep.resize(len);
@@ -139,10 +139,10 @@ class [[nodiscard]] AcceptAwaiter
     : public tideloop::internal::LeafAwaiter<AcceptAwaiter<Stream, Endpoint>> {
  public:
   AcceptAwaiter(tideloop::internal::IoRegistration* lst, AcceptBackoff* bo) : lst_(lst), bo_(bo) {}
-  bool poll_ready(tideloop::internal::TaskHeader* self) {
+  bool poll_ready(tideloop::internal::TaskHeader* self) override {
     if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
       return false;
-    socklen_t len = static_cast<socklen_t>(peer_.capacity());
+    auto len = static_cast<socklen_t>(peer_.capacity());
     const int fd = accept_poll(*lst_, *bo_, sleep_, self, peer_.data(), &len, &ec_);
     if (fd == kAcceptPending) return false;
     if (fd >= 0) {
@@ -177,8 +177,8 @@ template <class Stream, class Endpoint>
 class [[nodiscard]] ConnectAwaiter
     : public tideloop::internal::LeafAwaiter<ConnectAwaiter<Stream, Endpoint>> {
  public:
-  explicit ConnectAwaiter(const Endpoint& ep) : ep_(ep) {}
-  bool poll_ready(tideloop::internal::TaskHeader* self) {
+  explicit ConnectAwaiter(Endpoint ep) : ep_(std::move(ep)) {}
+  bool poll_ready(tideloop::internal::TaskHeader* self) override {
     if (tideloop::internal::tl_budget == 0 && !tideloop::internal::coop_poll_proceed(self))
       return false;
     const int r =

@@ -35,7 +35,7 @@ class UdpSocket {
         : io_(io), buf_(buf), len_(len), kind_(k) {
       if (to) peer_ = *to;
     }
-    bool poll_ready(tideloop::internal::TaskHeader* self);
+    bool poll_ready(tideloop::internal::TaskHeader* self) override;
     // Bytes sent or received.
     Result<std::size_t> await_resume() noexcept {
       if (ec_) return ec_;
@@ -57,7 +57,7 @@ class UdpSocket {
    public:
     RecvFromOp(tideloop::internal::IoRegistration* io, void* buf, std::size_t len) noexcept
         : op_(io, DatagramOp::Kind::kRecvFrom, buf, len, nullptr) {}
-    bool poll_ready(tideloop::internal::TaskHeader* self) { return op_.poll_ready(self); }
+    bool poll_ready(tideloop::internal::TaskHeader* self) override { return op_.poll_ready(self); }
     // (bytes, sender)
     Result<std::pair<std::size_t, Endpoint>> await_resume() noexcept {
       auto r = op_.await_resume();

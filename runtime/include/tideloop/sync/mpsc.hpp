@@ -375,7 +375,7 @@ class Sender : public detail::SenderHandle<T> {
     ~SendAwaiter() {
       if (started_) chan_->cancel_waiter(&node_);
     }
-    bool poll_ready(internal::TaskHeader* self) {
+    bool poll_ready(internal::TaskHeader* self) override {
       if (!internal::coop_poll_proceed(self)) return false;
       if (!started_) {
         started_ = true;
@@ -543,7 +543,7 @@ class Receiver {
     ~RecvAwaiter() {
       if (registered_ != nullptr) chan_->deregister_rx(registered_);
     }
-    bool poll_ready(internal::TaskHeader* self) {
+    bool poll_ready(internal::TaskHeader* self) override {
       if (chan_ == nullptr) return true;
       if (!internal::coop_poll_proceed(self)) return false;
       if (chan_->pop_or_register(out_, self, [self] { return self->waker(); }) ==

@@ -85,7 +85,7 @@ class AsyncMutex {
     LockAwaiter(const LockAwaiter&) = delete;
     LockAwaiter& operator=(const LockAwaiter&) = delete;
     ~LockAwaiter();
-    bool poll_ready(internal::TaskHeader* self);
+    bool poll_ready(internal::TaskHeader* self) override;
     Guard await_resume() noexcept {
       taken_ = true;
       return Guard(m_);
@@ -181,7 +181,7 @@ class Mutex {
   class LockAwaiter : public internal::LeafAwaiter<LockAwaiter> {
    public:
     explicit LockAwaiter(Mutex* m) noexcept : m_(m), inner_(&m->raw_) {}
-    bool poll_ready(internal::TaskHeader* self) { return inner_.poll_ready(self); }
+    bool poll_ready(internal::TaskHeader* self) override { return inner_.poll_ready(self); }
     MutexGuard<T> await_resume() noexcept {
       return MutexGuard<T>(inner_.await_resume(), &m_->value_);
     }

@@ -63,7 +63,7 @@ class Notify {
     Notified(const Notified&) = delete;
     Notified& operator=(const Notified&) = delete;
     ~Notified();
-    bool poll_ready(internal::TaskHeader* self);
+    bool poll_ready(internal::TaskHeader* self) override;
     void await_resume() noexcept {}
 
    private:

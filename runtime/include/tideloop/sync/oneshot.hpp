@@ -228,7 +228,7 @@ class Sender {
                                      internal::oneshot_bits::kClosed, tx_->key_);
       }
     }
-    bool poll_ready(internal::TaskHeader* self) noexcept {
+    bool poll_ready(internal::TaskHeader* self) noexcept override {
       Shared* s = tx_->inner_;
       if (s == nullptr) return true;
       if (!internal::coop_poll_proceed(self)) return false;
@@ -349,7 +349,7 @@ class Receiver {
     ~Awaiter() {
       if (rx_->inner_ != nullptr) rx_->deregister();
     }
-    bool poll_ready(internal::TaskHeader* self) noexcept {
+    bool poll_ready(internal::TaskHeader* self) noexcept override {
       Shared* s = rx_->inner_;
       if (s == nullptr) return true;
       if (!internal::coop_poll_proceed(self)) return false;
