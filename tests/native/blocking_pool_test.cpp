@@ -266,15 +266,18 @@ TEST(BlockingPool, BurstAfterSequentialSubmitsRunsInParallel) {
   BlockingPool pool(opts(6));
   // Start 6 threads, then let them idle.
   {
-    std::atomic<int> started{0};
+    std::atomic<int> started{0}, finished{0};
     std::mutex mu;
     std::condition_variable cv;
     bool go = false;
     for (int i = 0; i < 6; ++i) {
       ASSERT_TRUE(pool.submit([&] {
                         started.fetch_add(1);
-                        std::unique_lock<std::mutex> l(mu);
-                        cv.wait(l, [&] { return go; });
+                        {
+                          std::unique_lock<std::mutex> l(mu);
+                          cv.wait(l, [&] { return go; });
+                        }
+                        finished.fetch_add(1);
                       })
                       .ok());
     }
@@ -284,6 +287,9 @@ TEST(BlockingPool, BurstAfterSequentialSubmitsRunsInParallel) {
       go = true;
     }
     cv.notify_all();
+    // The jobs use mu, cv and go until they return: they must not outlive this scope
+    // (ASan: stack-use-after-scope).
+    while (finished.load() < 6) std::this_thread::sleep_for(1ms);
   }
   // Many sequential submits, each waited for.
   for (int i = 0; i < 2000; ++i) {
