@@ -5,7 +5,8 @@
 //
 // Figures are taken after a warm-up (allocator caches, the first blocking
 // thread's arena, lazily created statics), then after the run:
-//  - threads (/proc/self/task) and fds (/proc/self/fd): exactly the baseline;
+//  - threads (/proc/self/task, once exiting threads are gone) and fds
+//    (/proc/self/fd): exactly the baseline;
 //  - RSS (after returning the allocators' free memory): at most 4 MiB above
 //    the baseline. A runtime allocates ~100 KiB and more (workers, queues,
 //    timer shards, epoll sets) and a spawned task 192 B, so a leak of one
@@ -69,7 +70,7 @@ struct Figures {
   std::int64_t rss;
 };
 Figures measure() {
-  return {tlrel::count_threads(), tlrel::count_fds(), tlrel::settled_rss_bytes()};
+  return {tlrel::settled_thread_count(), tlrel::count_fds(), tlrel::settled_rss_bytes()};
 }
 
 void create_destroy(bool multi, long n) {

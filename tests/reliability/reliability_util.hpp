@@ -94,6 +94,25 @@ inline int count_threads() {
   return count_dir("/proc/self/task");
 }
 
+// The thread count once exiting threads are gone. std::thread::join() returns
+// when the kernel clears the thread's tid word, which happens before the
+// thread is removed from /proc/self/task: right after a runtime is dropped a
+// joined worker can still be listed for a moment. Waits until the count is
+// unchanged over 50 ms (at most 2 s).
+inline int settled_thread_count() {
+  using namespace std::chrono;
+  const auto deadline = steady_clock::now() + seconds(2);
+  int last = count_threads();
+  int same = 0;
+  while (same < 5 && steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(10));
+    const int now = count_threads();
+    same = now == last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
+}
+
 // Resident memory in bytes (/proc/self/statm, second field).
 inline std::int64_t rss_bytes() {
   long size = 0, resident = 0;
