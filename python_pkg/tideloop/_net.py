@@ -10,8 +10,10 @@ hooks defined here (``_make_socket_transport``, ``_add_reader``...), so its beha
 argument checks and its exception classes are asyncio's by construction.
 """
 
+import errno
 import socket
-from asyncio import base_events, constants, selector_events, sslproto, unix_events
+from asyncio import base_events, constants, selector_events, sslproto, trsock, unix_events
+from asyncio.log import logger
 
 from . import _tideloop
 
@@ -20,6 +22,9 @@ __all__ = ("NetworkMethods",)
 _Base = base_events.BaseEventLoop
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
+
+# accept() failures that mean "out of a resource", not "this connection failed".
+_ACCEPT_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class NetworkMethods:
@@ -47,11 +52,64 @@ class NetworkMethods:
     _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback
     _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
     # Accepting connections: add_reader on the listening socket, accept up to `backlog` per
-    # readiness, EMFILE pauses accepting for ACCEPT_RETRY_DELAY (asyncio's rules).
-    _start_serving = _Selector._start_serving
-    _accept_connection = _Selector._accept_connection
+    # readiness, EMFILE pauses accepting for ACCEPT_RETRY_DELAY (asyncio's rules). The accept
+    # loop itself is ours (below).
     _accept_connection2 = _Selector._accept_connection2
     _stop_serving = _Selector._stop_serving
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
+                       ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        fd = sock.fileno()
+        if fd == -1:
+            # The server was closed while accepting was paused after EMFILE: the retry has
+            # nothing to resume (3.11 reported add_reader(-1)'s ValueError here).
+            return
+        self._add_reader(fd, self._accept_connection, protocol_factory, sock, sslcontext,
+                         server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout)
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
+                           backlog=100, ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                           ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        # Called once per readiness of the listening socket; accepts what is queued, at most
+        # `backlog` connections. Python 3.11's version of this loop has two bugs that later
+        # CPython releases fix (gh-127529, gh-151615), and this one has the fixed behaviour:
+        # - an aborted connection (ECONNABORTED) skips to the next one instead of ending
+        #   the batch;
+        # - out of descriptors or memory, it reports once, stops accepting for
+        #   ACCEPT_RETRY_DELAY and returns. 3.11 kept looping: each of the up to `backlog`
+        #   further accept() calls failed again, reached the exception handler and scheduled
+        #   another retry, so a server at its fd limit called the handler thousands of times
+        #   a second (docs/reliability.md, "Overload").
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except ConnectionAbortedError:
+                continue
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                    raise  # the loop reports it to the exception handler and goes on
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                fd = sock.fileno()
+                if fd != -1:  # the handler may have closed the server
+                    self._remove_reader(fd)
+                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                protocol_factory, sock, sslcontext, server, backlog,
+                                ssl_handshake_timeout, ssl_shutdown_timeout)
+                return
+            else:
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                self.create_task(self._accept_connection2(
+                    protocol_factory, conn, {"peername": addr}, sslcontext, server,
+                    ssl_handshake_timeout, ssl_shutdown_timeout))
 
     # --- hooks asyncio's code calls ---------------------------------------------------------
 

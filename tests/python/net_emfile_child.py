@@ -4,9 +4,11 @@ usage: net_emfile_child.py asyncio|tideloop
 
 Lowers RLIMIT_NOFILE, starts an echo server, opens client connections until socket() fails
 with EMFILE (the server then cannot accept: its accept fails with EMFILE too), waits while
-measuring CPU time (a loop that retries accept in a busy loop burns a core), frees half the
-clients and checks every remaining client is served. Prints one JSON line with what it saw;
-exits 0 unless something went wrong before the measurements.
+measuring CPU time (a loop that retries accept in a busy loop burns a core) and counting the
+EMFILE reports, frees half the clients and checks every remaining client is served. A second
+server, also out of fds with connections waiting, is closed while its accepting is paused: the
+pending retry must find it closed and do nothing. Prints one JSON line with what it saw; exits
+0 unless something went wrong before the measurements.
 """
 
 import asyncio
@@ -22,7 +24,8 @@ KIND = sys.argv[1]
 
 # asyncio stops accepting for ACCEPT_RETRY_DELAY (1 s) after EMFILE; shortened here so the
 # asyncio run is fast. tideloop may ignore it: the parent allows for a 1 s delay.
-asyncio.constants.ACCEPT_RETRY_DELAY = 0.1
+RETRY_DELAY = 0.1
+asyncio.constants.ACCEPT_RETRY_DELAY = RETRY_DELAY
 
 SPARE_FDS = 40  # fds allowed above what the process has open when the server is up
 STARVED_FOR = 0.3  # seconds the server spends unable to accept
@@ -58,11 +61,28 @@ async def wait_reply(sock, deadline):
             return b""
 
 
+def is_emfile(ctx):
+    exc = ctx.get("exception")
+    return isinstance(exc, OSError) and exc.errno == errno.EMFILE
+
+
 async def main(loop):
     contexts = []
-    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    emfile_by_addr = {}  # listening address -> EMFILE reports, counted as they come
+
+    def handler(lp, ctx):
+        contexts.append(ctx)
+        if is_emfile(ctx):
+            where = ctx["socket"].getsockname()
+            emfile_by_addr[where] = emfile_by_addr.get(where, 0) + 1
+
+    loop.set_exception_handler(handler)
     server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=200)
     addr = server.sockets[0].getsockname()
+    closing = await loop.create_server(Echo, "127.0.0.1", 0, backlog=8)
+    closing_addr = closing.sockets[0].getsockname()
+    # Waiting in the second server's backlog: it too fails to accept them.
+    closing_clients = [socket.create_connection(closing_addr, timeout=2) for _ in range(2)]
 
     in_use = len(os.listdir("/proc/self/fd"))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -83,12 +103,23 @@ async def main(loop):
         c.setblocking(False)
         clients.append(c)
 
+    # The second server's first EMFILE pauses its accepting; close it in the pause.
+    deadline = time.monotonic() + 2.0
+    while not emfile_by_addr.get(closing_addr) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    closing_reported = emfile_by_addr.get(closing_addr, 0)
+    closing.close()
+    await closing.wait_closed()
+
+    reports0 = emfile_by_addr.get(addr, 0)
     cpu0, wall0 = time.process_time(), time.monotonic()
     await asyncio.sleep(STARVED_FOR)
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
-    emfile_reported = any(isinstance(ctx.get("exception"), OSError)
-                          and ctx["exception"].errno == errno.EMFILE for ctx in contexts)
+    reports_while_starved = emfile_by_addr.get(addr, 0) - reports0
+    emfile_reported = emfile_by_addr.get(addr, 0) > 0
+    for c in closing_clients:
+        c.close()
 
     half = len(clients) // 2
     for c in clients[:half]:
@@ -112,10 +143,10 @@ async def main(loop):
     await server.wait_closed()
     return {"clients": len(clients), "live": len(live), "served": served,
             "fresh_ok": fresh_ok, "emfile_reported": emfile_reported,
-            "cpu": cpu, "wall": wall,
-            "unexpected": [repr(ctx.get("exception")) for ctx in contexts
-                           if not (isinstance(ctx.get("exception"), OSError)
-                                   and ctx["exception"].errno == errno.EMFILE)]}
+            "reports_while_starved": reports_while_starved, "retry_delay": RETRY_DELAY,
+            "closing_reported": closing_reported, "cpu": cpu, "wall": wall,
+            "unexpected": [f"{ctx.get('message')}: {ctx.get('exception')!r}"
+                           for ctx in contexts if not is_emfile(ctx)]}
 
 
 if __name__ == "__main__":

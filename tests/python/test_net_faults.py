@@ -464,14 +464,28 @@ def test_server_survives_emfile_on_accept(loop_kind):
     """In a child with a low RLIMIT_NOFILE: the server's accept fails with EMFILE while the
     fds are used up; the loop must not spin meanwhile, must report it to the exception handler
     (asyncio: 'socket.accept() out of system resource' with the OSError), and must serve every
-    waiting client once fds are freed."""
+    waiting client once fds are freed. A second server closed while its accepting is paused
+    stays closed."""
     proc = subprocess.run([sys.executable, str(HERE / "net_emfile_child.py"), loop_kind],
                           capture_output=True, text=True, env=subprocess_env(), timeout=15)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["clients"] >= 10
     assert result["emfile_reported"], result
-    assert result["unexpected"] == [], result
+    unexpected = result["unexpected"]
+    if loop_kind == "tideloop":
+        # Deliberate difference (docs/python-api.md): tideloop's accept loop has the fixes of
+        # gh-127529/gh-151615. One report per pause of ACCEPT_RETRY_DELAY, and a server closed
+        # in the pause stays closed quietly.
+        pauses = result["wall"] / result["retry_delay"]
+        assert result["reports_while_starved"] <= pauses + 2, result
+        assert result["closing_reported"] == 1, result
+    else:
+        # Python 3.11's loop reports every further accept() of the batch (hundreds of
+        # reports per pause) and its pending retry calls add_reader(-1) on the closed server.
+        unexpected = [u for u in unexpected
+                      if not ("_start_serving" in u and "Invalid file descriptor: -1" in u)]
+    assert unexpected == [], result
     assert result["cpu"] < 0.5 * result["wall"], result  # not a busy retry loop
     assert result["served"] == result["live"], result
     assert result["fresh_ok"], result
